@@ -1,0 +1,48 @@
+# Every target installs what it needs into .venv on first use: a fresh clone needs nothing else.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROTOS := $(wildcard proto/servegraph/v1/*.proto)
+STUBS  := clients/v1
+
+.PHONY: install proto proto-check test lint format demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Python stubs for the .proto contracts, importable as servegraph.v1.*_pb2.
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=clients --pyi_out=clients --grpc_python_out=clients $(PROTOS)
+	rm -rf $(STUBS) && mv clients/servegraph/v1 $(STUBS) && rm -rf clients/servegraph
+	touch $(STUBS)/__init__.py
+
+# Fails when the committed stubs differ from what `make proto` generates.
+proto-check: $(STAMP)
+	@tmp=$$(mktemp -d) && \
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$$tmp --pyi_out=$$tmp --grpc_python_out=$$tmp $(PROTOS) && \
+	touch $$tmp/servegraph/v1/__init__.py && \
+	if diff -r -q $$tmp/servegraph/v1 $(STUBS) -x __pycache__; then rm -rf $$tmp; else \
+	  rm -rf $$tmp; echo "generated stubs are stale: run 'make proto' and commit"; exit 1; fi
+
+test: $(STAMP) proto-check
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,76 @@
+"""Errors that servegraph raises, each with the status a transport should report.
+
+The engine knows nothing of gRPC, so every runtime error carries a status *name* (`code`) that the
+servers translate into their own status codes (``grpc.StatusCode[code]``).
+"""
+
+from __future__ import annotations
+
+
+class GraphError(ValueError):
+    """A graph that cannot be built: raised while building or validating, never while serving."""
+
+
+class ServingError(Exception):
+    """Base of the errors a request can end with; `code` names the status to report."""
+
+    code = "INTERNAL"
+
+
+class InvalidArgument(ServingError):
+    """The request itself is wrong (a malformed body, a missing field, a bad tensor)."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(ServingError):
+    """The request names something the graph does not have (a route, a model)."""
+
+    code = "NOT_FOUND"
+
+
+class Unavailable(ServingError):
+    """A part the request needs is down for now (a worker that died); retrying later may succeed."""
+
+    code = "UNAVAILABLE"
+
+
+class DeadlineExceeded(ServingError):
+    """A call ran past its time limit."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
+class StepError(ServingError):
+    """A user step raised; keeps the step's name and the original exception as ``__cause__``."""
+
+    def __init__(self, step: str, error: BaseException):
+        self.step = step
+        self.error = error
+        super().__init__(f"step '{step}' failed: {type(error).__name__}: {error}")
+
+    @property
+    def code(self) -> str:  # type: ignore[override]
+        return status_of(self.error)
+
+
+def status_of(error: BaseException) -> str:
+    """The status name for any exception: a ServingError's own, a timeout's, else INTERNAL."""
+    if isinstance(error, ServingError):
+        return error.code
+    if isinstance(error, TimeoutError):
+        return "DEADLINE_EXCEEDED"
+    return "INTERNAL"
+
+
+def describe(error: BaseException) -> str:
+    """MLRun's "Type: message" form, used where an error is reported inside a result."""
+    return f"{type(error).__name__}: {error}"
+
+
+class MaxIterationsError(ServingError, RuntimeError):
+    """A cycle ran a step more often than its ``max_iterations`` allows (MLRun raises RuntimeError)."""
+
+    def __init__(self, step: str, event_id: str):
+        self.step = step
+        super().__init__(f"Max iterations exceeded in step '{step}' for event {event_id}")

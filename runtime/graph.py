@@ -1,0 +1,303 @@
+"""The serving graph: MLRun's flow DSL (`to`, `add_step`, `respond`, `error_handler`) and its checks.
+
+A Graph is a declaration. It validates as it is built, serializes to a plain dict (steps named by
+import path, so another process can rebuild it) and renders as Mermaid; `engine.Engine` runs it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from .errors import GraphError
+from .imports import import_object
+from .steps import STEP_KINDS, Step, TaskStep, as_list
+
+if TYPE_CHECKING:
+    from .mock import MockServer
+
+DEFAULT_MAX_ITERATIONS = 100
+
+
+class Graph:
+    """A flow of steps. ``allow_cyclic`` permits loops (`cycle_to`), bounded by ``max_iterations``."""
+
+    def __init__(
+        self,
+        name: str = "graph",
+        topology: str = "flow",
+        engine: str = "async",
+        allow_cyclic: bool = False,
+        max_iterations: int | None = DEFAULT_MAX_ITERATIONS,
+    ):
+        if topology != "flow":
+            raise GraphError(
+                f"topology {topology!r} is not supported: use 'flow' (and sg.RouterStep to route)"
+            )
+        if engine not in ("async", "sync"):
+            raise GraphError(f"engine {engine!r} is not supported: use 'async'")
+        self.name = name
+        self.topology = topology
+        self.engine = engine
+        self.allow_cyclic = allow_cyclic
+        self.max_iterations = max_iterations
+        self.steps: dict[str, Step] = {}
+        self.error_handlers: dict[str, TaskStep] = {}
+        self.on_error: str | None = None
+        self._last: Step | None = None
+
+    # -- building -------------------------------------------------------------------------------
+    def to(self, class_name: Any = None, name: str | None = None, handler: Any = None, **kwargs: Any) -> Step:
+        """Add a step that receives the graph's input (a root) and return it, so calls chain."""
+        return self.add_step(class_name, name=name, handler=handler, **kwargs)
+
+    def add_step(
+        self,
+        class_name: Any = None,
+        name: str | None = None,
+        handler: Any = None,
+        after: str | list[str] | None = None,
+        full_event: bool | None = None,
+        input_path: str | None = None,
+        result_path: str | None = None,
+        max_iterations: int | None = None,
+        cycle_to: str | list[str] | None = None,
+        **class_args: Any,
+    ) -> Step:
+        """Add a step after `after` (a name, names, or "$prev"); without `after` it is a root.
+
+        `class_name` is a class with ``do(body)``, its import path, an instance, or a Step object;
+        `handler` is a function or its import path (or, with a class, the method to call).
+        """
+        parents = [self._resolve_parent(parent) for parent in as_list(after)]
+        options = {
+            "full_event": full_event,
+            "input_path": input_path,
+            "result_path": result_path,
+            "max_iterations": max_iterations,
+        }
+        if isinstance(class_name, Step):
+            step = class_name
+            step.name = name or step.name
+            for key, value in options.items():
+                if value is not None:
+                    setattr(step, key, value)
+            if step.graph is not None:
+                raise GraphError(f"step '{step.name}' is already in graph '{step.graph.name}'")
+        else:
+            options = {key: value for key, value in options.items() if value is not None}
+            step = _make_step(class_name, name, handler, class_args, options)
+        step.after = parents or step.after
+        step.cycle_targets.extend(as_list(cycle_to))
+        self._register(step)
+        return step
+
+    def error_handler(
+        self,
+        name: str | None = None,
+        class_name: Any = None,
+        handler: Any = None,
+        before: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> Graph:
+        """Run a handler step when any step without its own handler raises.
+
+        The handler gets the event with `error` and `origin_state`; its output is the response
+        (or, with `before`, goes on to those steps).
+        """
+        step = self.add_error_handler(class_name, name=name, handler=handler, before=before, **kwargs)
+        self.on_error = step.name
+        return self
+
+    def add_error_handler(
+        self,
+        class_name: Any = None,
+        name: str | None = None,
+        handler: Any = None,
+        before: str | list[str] | None = None,
+        full_event: bool = False,
+        input_path: str | None = None,
+        result_path: str | None = None,
+        **class_args: Any,
+    ) -> TaskStep:
+        """Declare an error-handler step (used by `error_handler` on the graph and on steps)."""
+        options = {"full_event": full_event, "input_path": input_path, "result_path": result_path}
+        step = _make_step(class_name, name, handler, class_args, options, before=before)
+        if not isinstance(step, TaskStep):
+            raise GraphError(f"error handler '{step.name}' must be a function or a class with do()")
+        self._check_new_name(step.name)
+        step.graph = self
+        self.error_handlers[step.name] = step
+        return step
+
+    def _resolve_parent(self, parent: str) -> str:
+        if parent in ("$prev", "$last"):
+            if self._last is None:
+                raise GraphError(f"after={parent!r}: graph '{self.name}' has no steps yet")
+            return self._last.name
+        if parent not in self.steps:
+            raise GraphError(f"after={parent!r}: graph '{self.name}' has no step named {parent!r}")
+        return parent
+
+    def _check_new_name(self, name: str) -> None:
+        if name in self.steps or name in self.error_handlers:
+            raise GraphError(f"graph '{self.name}' already has a step named '{name}'")
+
+    def _register(self, step: Step) -> None:
+        self._check_new_name(step.name)
+        step.graph = self
+        self.steps[step.name] = step
+        self._last = step
+
+    def __getitem__(self, name: str) -> Step:
+        try:
+            return self.steps[name]
+        except KeyError:
+            raise KeyError(f"graph '{self.name}' has no step named '{name}'") from None
+
+    # -- structure ------------------------------------------------------------------------------
+    def outlets(self) -> dict[str, list[str]]:
+        """Each step's next steps, in the order they were added, then its `cycle_to` targets."""
+        result: dict[str, list[str]] = {name: [] for name in self.steps}
+        for step in self.steps.values():
+            for parent in step.after:
+                result[parent].append(step.name)
+        for step in self.steps.values():
+            result[step.name].extend(t for t in step.cycle_targets if t not in result[step.name])
+        return result
+
+    def roots(self) -> list[str]:
+        return [name for name, step in self.steps.items() if not step.after]
+
+    def responder(self) -> Step | None:
+        return next((step for step in self.steps.values() if step.responder), None)
+
+    def validate(self) -> None:
+        """Raise GraphError for a graph that cannot run; called before a graph is served."""
+        if not self.steps:
+            raise GraphError(f"graph '{self.name}' has no steps")
+        responders = [step.name for step in self.steps.values() if step.responder]
+        if len(responders) > 1:
+            raise GraphError(
+                f"graph '{self.name}' has several responders {responders}; only one may respond()"
+            )
+        for step in self.steps.values():
+            for target in step.cycle_targets:
+                if target not in self.steps:
+                    raise GraphError(f"step '{step.name}': cycle_to names unknown step '{target}'")
+            if step.on_error and step.on_error not in self.error_handlers:
+                raise GraphError(f"step '{step.name}': unknown error handler '{step.on_error}'")
+        for handler in self.error_handlers.values():
+            for target in handler.before:
+                if target not in self.steps:
+                    raise GraphError(f"error handler '{handler.name}': before names unknown step '{target}'")
+        if not self.roots():
+            raise GraphError(f"graph '{self.name}' has no entry step: every step comes after another")
+        cycle = self.find_cycle()
+        if cycle and not self.allow_cyclic:
+            raise GraphError(
+                f"graph '{self.name}' has a cycle ({' -> '.join(cycle)}); "
+                "build it with allow_cyclic=True to allow loops"
+            )
+
+    def find_cycle(self) -> list[str] | None:
+        """One cycle of the graph as a list of step names (first name repeated at the end), or None."""
+        outlets = self.outlets()
+        state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+        path: list[str] = []
+
+        def visit(name: str) -> list[str] | None:
+            state[name] = 1
+            path.append(name)
+            for child in outlets[name]:
+                if state.get(child) == 1:
+                    return [*path[path.index(child) :], child]
+                if child not in state and (found := visit(child)):
+                    return found
+            state[name] = 2
+            path.pop()
+            return None
+
+        for name in self.steps:
+            if name not in state and (found := visit(name)):
+                return found
+        return None
+
+    # -- (de)serialization ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "name": self.name,
+            "topology": self.topology,
+            "engine": self.engine,
+            "allow_cyclic": self.allow_cyclic,
+            "max_iterations": self.max_iterations,
+            "steps": {name: step.to_dict() for name, step in self.steps.items()},
+        }
+        if self.error_handlers:
+            spec["error_handlers"] = {name: step.to_dict() for name, step in self.error_handlers.items()}
+        if self.on_error:
+            spec["on_error"] = self.on_error
+        return spec
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> Graph:
+        graph = cls(
+            spec.get("name", "graph"),
+            topology=spec.get("topology", "flow"),
+            engine=spec.get("engine", "async"),
+            allow_cyclic=spec.get("allow_cyclic", False),
+            max_iterations=spec.get("max_iterations", DEFAULT_MAX_ITERATIONS),
+        )
+        for name, step_spec in spec.get("error_handlers", {}).items():
+            handler = Step.from_dict(name, step_spec)
+            handler.graph = graph
+            graph.error_handlers[name] = handler  # type: ignore[assignment]
+        for name, step_spec in spec.get("steps", {}).items():
+            graph._register(Step.from_dict(name, step_spec))
+        graph.on_error = spec.get("on_error")
+        return graph
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> Graph:
+        return cls.from_dict(yaml.safe_load(text))
+
+    def plot(self) -> str:
+        """The graph as a Mermaid flowchart (paste into any Markdown that renders Mermaid)."""
+        from .plot import to_mermaid
+
+        return to_mermaid(self)
+
+    # -- running --------------------------------------------------------------------------------
+    def to_mock_server(self, **options: Any) -> MockServer:
+        """An in-process server running this graph on the real engine (workers really start)."""
+        from .mock import MockServer
+
+        return MockServer(self, **options)
+
+    def __repr__(self) -> str:
+        return f"<Graph {self.name!r} steps={list(self.steps)}>"
+
+
+def _make_step(
+    class_name: Any,
+    name: str | None,
+    handler: Any,
+    class_args: dict[str, Any],
+    options: dict[str, Any],
+    before: str | list[str] | None = None,
+) -> Step:
+    """Build the right Step for what the user passed: a Step class or path, or user code."""
+    target = class_name
+    if isinstance(class_name, str):
+        step_classes = {cls.__name__: cls for cls in STEP_KINDS.values()}
+        target = step_classes.get(class_name) or import_object(class_name, "class")
+    if inspect.isclass(target) and issubclass(target, Step):
+        if before:
+            raise GraphError(f"before= applies to error handlers, not to {target.__name__}")
+        return target(name, **class_args, **options)
+    return TaskStep(name, class_name=target, handler=handler, class_args=class_args, before=before, **options)

@@ -1,0 +1,257 @@
+"""Step declarations: what a graph is made of, as data that serializes and rebuilds elsewhere.
+
+A declaration holds only names, import paths and arguments; `engine.py` turns declarations into
+running nodes. User-facing base classes for steps (`Choice`) live here too.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .errors import GraphError
+from .imports import import_object, object_path
+
+if TYPE_CHECKING:
+    from .graph import Graph
+
+COMPLETE = "Complete"
+"""The outlet name that ends a flow (MLRun's name): the step's output becomes the response."""
+
+
+def as_list(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+class Step:
+    """A node of the graph: where it sits (`after`), what it reads and writes, how it loops."""
+
+    kind: ClassVar[str] = "step"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        after: str | list[str] | None = None,
+        full_event: bool = False,
+        input_path: str | None = None,
+        result_path: str | None = None,
+        max_iterations: int | None = None,
+        cycle_to: str | list[str] | None = None,
+    ):
+        self.name = name or type(self).__name__
+        self.after = as_list(after)
+        self.full_event = bool(full_event)
+        self.input_path = input_path
+        self.result_path = result_path
+        self.max_iterations = max_iterations
+        self.cycle_targets = as_list(cycle_to)
+        self.responder = False
+        self.on_error: str | None = None
+        self.graph: Graph | None = None
+
+    # -- building (MLRun's chaining API) -------------------------------------------------------
+    def to(self, class_name: Any = None, name: str | None = None, handler: Any = None, **kwargs: Any) -> Step:
+        """Add a step that runs after this one and return it, so calls chain."""
+        kwargs.setdefault("after", self.name)
+        return self._owner().add_step(class_name, name=name, handler=handler, **kwargs)
+
+    def respond(self) -> Step:
+        """Make this step's output the response to the caller."""
+        self.responder = True
+        return self
+
+    def cycle_to(self, step_names: str | list[str]) -> Step:
+        """Send this step's output back to earlier steps too (needs ``allow_cyclic=True``)."""
+        self.cycle_targets.extend(as_list(step_names))
+        return self
+
+    def error_handler(
+        self,
+        name: str | None = None,
+        class_name: Any = None,
+        handler: Any = None,
+        before: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> Step:
+        """Run a handler step when this step raises; it gets the event with `error` and `origin_state`.
+
+        Without `before` the handler's output is the response; with it, the flow goes on there.
+        """
+        step = self._owner().add_error_handler(
+            class_name, name=name, handler=handler, before=before, **kwargs
+        )
+        self.on_error = step.name
+        return self
+
+    def _owner(self) -> Graph:
+        if self.graph is None:
+            raise GraphError(
+                f"step '{self.name}' is not in a graph yet: add it with graph.to() or add_step()"
+            )
+        return self.graph
+
+    # -- (de)serialization ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"kind": self.kind}
+        spec.update(self._spec())
+        for key, value in (
+            ("after", self.after),
+            ("full_event", self.full_event),
+            ("input_path", self.input_path),
+            ("result_path", self.result_path),
+            ("max_iterations", self.max_iterations),
+            ("cycle_to", self.cycle_targets),
+            ("responder", self.responder),
+            ("on_error", self.on_error),
+        ):
+            if value:
+                spec[key] = value
+        return spec
+
+    def _spec(self) -> dict[str, Any]:
+        """The kind-specific part of `to_dict`."""
+        return {}
+
+    @classmethod
+    def from_dict(cls, name: str, spec: dict[str, Any]) -> Step:
+        spec = dict(spec)
+        step_cls = STEP_KINDS.get(spec.pop("kind", "task"))
+        if step_cls is None:
+            raise GraphError(f"step '{name}': unknown kind; known kinds are {sorted(STEP_KINDS)}")
+        responder = spec.pop("responder", False)
+        on_error = spec.pop("on_error", None)
+        step = step_cls._from_spec(name, spec)
+        step.responder = responder
+        step.on_error = on_error
+        return step
+
+    @classmethod
+    def _from_spec(cls, name: str, spec: dict[str, Any]) -> Step:
+        return cls(name, **spec)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class TaskStep(Step):
+    """A step that runs user code: a function (`handler`), or a class with ``do(body)``.
+
+    `class_name` and `handler` may be objects or import paths; with both, `handler` names the
+    method to call. An instance may be given as `class_name` and is used as is.
+    """
+
+    kind = "task"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        class_name: Any = None,
+        handler: Any = None,
+        class_args: dict[str, Any] | None = None,
+        before: str | list[str] | None = None,
+        **options: Any,
+    ):
+        self.instance: Any = None
+        if class_name is not None and not isinstance(class_name, str | type):
+            self.instance, class_name = class_name, type(class_name)
+        if isinstance(class_name, str):
+            class_name = import_object(class_name, "class")
+        if class_name is None and handler is None:
+            raise GraphError(f"step '{name}' needs a class_name or a handler")
+        if class_name is None and isinstance(handler, str):
+            handler = import_object(handler, "handler")
+        if class_name is None and not callable(handler):
+            raise GraphError(f"step '{name}': handler {handler!r} is not callable")
+        if class_name is not None and not inspect.isclass(class_name):
+            raise GraphError(f"step '{name}': class_name {class_name!r} is not a class")
+        if class_name is not None and handler is not None and not isinstance(handler, str):
+            raise GraphError(f"step '{name}': with a class, handler must be a method name")
+        self.cls: type | None = class_name
+        self.handler: Callable[..., Any] | str | None = handler
+        self.class_args = dict(class_args or {})
+        self.before = as_list(before)
+        super().__init__(name or default_name(class_name, handler), **options)
+
+    def _spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {}
+        if self.cls is not None:
+            spec["class_name"] = object_path(self.cls)
+            if self.handler:
+                spec["handler"] = self.handler
+        else:
+            spec["handler"] = object_path(self.handler)
+        if self.class_args:
+            spec["class_args"] = dict(self.class_args)
+        if self.before:
+            spec["before"] = list(self.before)
+        return spec
+
+
+class RouterStep(Step):
+    """Sends each event to one of its routes, chosen by the event path.
+
+    ``/<route>`` and ``/v2/models/<route>/infer`` (and other ``/v2/models/<route>/...`` paths) pick
+    `<route>`; with a single route, ``/`` picks it. An unknown route is NOT_FOUND.
+    """
+
+    kind = "router"
+
+    def __init__(self, name: str | None = None, routes: dict[str, Any] | None = None, **options: Any):
+        super().__init__(name, **options)
+        self.routes: dict[str, TaskStep] = {}
+        for key, route in (routes or {}).items():
+            self.add_route(key, **(route if isinstance(route, dict) else {"class_name": route}))
+
+    def add_route(self, key: str, class_name: Any = None, handler: Any = None, **class_args: Any) -> TaskStep:
+        """Add (or replace) the route `key`; ``class_args`` go to the class constructor."""
+        if not key or "/" in key:
+            raise GraphError(f"router '{self.name}': route key {key!r} must be a non-empty name without '/'")
+        route = TaskStep(key, class_name=class_name, handler=handler, class_args=class_args)
+        self.routes[key] = route
+        return route
+
+    def _spec(self) -> dict[str, Any]:
+        return {"routes": {key: route._spec() for key, route in self.routes.items()}}
+
+    @classmethod
+    def _from_spec(cls, name: str, spec: dict[str, Any]) -> Step:
+        routes = spec.pop("routes", {})
+        step = cls(name, **spec)
+        for key, route in routes.items():
+            step.add_route(key, route.get("class_name"), route.get("handler"), **route.get("class_args", {}))
+        return step
+
+
+class Choice:
+    """Base for steps that only route: the input passes on unchanged to the outlets it selects.
+
+    Override ``select_outlets(event)`` to return step names, or ``"Complete"`` to end the flow.
+    """
+
+    def __init__(self, **_: Any):
+        pass
+
+    def do(self, event: Any) -> Any:
+        return event
+
+    def select_outlets(self, event: Any) -> list[str] | None:
+        raise NotImplementedError(f"{type(self).__name__} must override select_outlets(event)")
+
+
+def default_name(class_name: Any, handler: Any) -> str:
+    if isinstance(handler, str):
+        return handler.rpartition(".")[2]
+    if handler is not None:
+        return getattr(handler, "__name__", type(handler).__name__)
+    return getattr(class_name, "__name__", "step")
+
+
+STEP_KINDS: dict[str, type[Step]] = {"task": TaskStep, "router": RouterStep}
+"""Step kinds by their serialized name; later kinds (model runners) register themselves here."""
