@@ -74,3 +74,16 @@ class MaxIterationsError(ServingError, RuntimeError):
     def __init__(self, step: str, event_id: str):
         self.step = step
         super().__init__(f"Max iterations exceeded in step '{step}' for event {event_id}")
+
+
+_BY_CODE: dict[str, type[ServingError]] = {
+    cls.code: cls for cls in (InvalidArgument, NotFound, Unavailable, DeadlineExceeded)
+}
+
+
+def error_for_status(code: str, message: str) -> ServingError:
+    """The ServingError a client raises for a failed call's status name and message."""
+    error = _BY_CODE.get(code, ServingError)(message)
+    if error.code != code:
+        error.code = code
+    return error

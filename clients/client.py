@@ -1,0 +1,203 @@
+"""Python clients for a served graph: `Client` (blocking) and `AsyncClient` (asyncio).
+
+Both speak `servegraph.v1.Graph` over one channel. Failed calls raise servegraph's errors
+(`sg.InvalidArgument`, `sg.NotFound`, ... with `.code` naming the gRPC status), the gRPC error
+kept as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from servegraph import codec
+from servegraph.errors import ServingError, error_for_status
+from servegraph.v1 import graph_pb2, graph_pb2_grpc
+
+DEFAULT_MAX_MESSAGE_MB = 64
+
+
+def _options(max_message_mb: int) -> list[tuple[str, int]]:
+    limit = max_message_mb * 1024 * 1024
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+
+
+def _request(body: Any, path: str, request_id: str | None, headers: Mapping[str, str] | None) -> Any:
+    request = graph_pb2.InvokeRequest(path=path, id=request_id or "", headers=headers or {})
+    codec.to_value(body, request.body, request.tensors)
+    return request
+
+
+def _body(response: graph_pb2.InvokeResponse) -> Any:
+    return codec.from_value(response.body, response.tensors)
+
+
+def _error(error: grpc.RpcError) -> ServingError:
+    code = error.code()  # type: ignore[attr-defined]
+    failure = error_for_status(code.name, error.details() or code.name)  # type: ignore[attr-defined]
+    failure.__cause__ = error
+    return failure
+
+
+def _description(response: graph_pb2.DescribeResponse) -> dict[str, Any]:
+    description = json_format.MessageToDict(response, preserving_proto_field_name=True)
+    description["spec"] = codec.from_value(struct_pb2.Value(struct_value=response.spec))
+    return description
+
+
+class Client:
+    """Blocking client: ``with Client("127.0.0.1:50051") as c: c.invoke({"question": "hi"})``."""
+
+    def __init__(self, address: str, *, timeout: float | None = None, max_message_mb: int = DEFAULT_MAX_MESSAGE_MB):
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(address, options=_options(max_message_mb))
+        self._stub = graph_pb2_grpc.GraphStub(self.channel)
+
+    def invoke(
+        self,
+        body: Any = None,
+        path: str = "/",
+        *,
+        id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Run one event through the graph and return the response body."""
+        try:
+            response = self._stub.Invoke(_request(body, path, id, headers), timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        return _body(response)
+
+    def stream(
+        self,
+        body: Any = None,
+        path: str = "/",
+        *,
+        id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Any]:
+        """Chunks of the response as the graph produces them; closing the iterator cancels the call."""
+        call = self._stub.InvokeStream(_request(body, path, id, headers), timeout=timeout or self.timeout)
+        try:
+            for response in call:
+                yield _body(response)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        finally:
+            call.cancel()
+
+    def describe(self) -> dict[str, Any]:
+        try:
+            return _description(self._stub.Describe(graph_pb2.DescribeRequest(), timeout=self.timeout))
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the server reports SERVING (every model loaded); TimeoutError after `timeout`."""
+        health = health_pb2_grpc.HealthStub(self.channel)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.address} not ready after {timeout}s")
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=min(left, 1.0), wait_for_ready=True)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError as error:
+                if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):  # type: ignore[attr-defined]
+                    raise _error(error) from None
+            time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """asyncio client: ``async with AsyncClient(address) as c: await c.invoke(...)``."""
+
+    def __init__(self, address: str, *, timeout: float | None = None, max_message_mb: int = DEFAULT_MAX_MESSAGE_MB):
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpc.aio.insecure_channel(address, options=_options(max_message_mb))
+        self._stub = graph_pb2_grpc.GraphStub(self.channel)
+
+    async def invoke(
+        self,
+        body: Any = None,
+        path: str = "/",
+        *,
+        id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        try:
+            response = await self._stub.Invoke(_request(body, path, id, headers), timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        return _body(response)
+
+    async def stream(
+        self,
+        body: Any = None,
+        path: str = "/",
+        *,
+        id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Any]:
+        call = self._stub.InvokeStream(_request(body, path, id, headers), timeout=timeout or self.timeout)
+        try:
+            async for response in call:
+                yield _body(response)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        finally:
+            call.cancel()
+
+    async def describe(self) -> dict[str, Any]:
+        try:
+            return _description(await self._stub.Describe(graph_pb2.DescribeRequest(), timeout=self.timeout))
+        except grpc.RpcError as error:
+            raise _error(error) from None
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        health = health_pb2_grpc.HealthStub(self.channel)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"{self.address} not ready after {timeout}s")
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=min(left, 1.0), wait_for_ready=True)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError as error:
+                if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):  # type: ignore[attr-defined]
+                    raise _error(error) from None
+            await asyncio.sleep(min(0.05, max(deadline - loop.time(), 0)))
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()

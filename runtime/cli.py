@@ -1,0 +1,139 @@
+"""The `servegraph` command: serve a graph, call a served one, draw one."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import GraphError, ServingError
+from .graph import Graph
+from .router import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_MB, DEFAULT_PORT
+
+DEFAULT_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+
+
+def load_graph(target: str) -> Graph:
+    """``MODULE:ATTR`` (or ``path/to/file.py:ATTR``) → the Graph, or what a factory function returns."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise GraphError(f"expected MODULE:ATTR (e.g. examples.demo:graph), got {target!r}")
+    if module_name.endswith(".py") or os.sep in module_name:
+        path = Path(module_name).resolve()
+        sys.path.insert(0, str(path.parent))
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        if spec is None or spec.loader is None:
+            raise GraphError(f"cannot load {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
+    else:
+        sys.path.insert(0, os.getcwd())
+        module = importlib.import_module(module_name)
+    try:
+        graph = getattr(module, attr)
+    except AttributeError:
+        raise GraphError(f"module '{module_name}' has no attribute '{attr}'") from None
+    if callable(graph) and not isinstance(graph, Graph):
+        graph = graph()
+    if not isinstance(graph, Graph):
+        raise GraphError(f"{target} is a {type(graph).__name__}, not a servegraph Graph")
+    return graph
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from . import router
+
+    graph = load_graph(args.target)
+
+    def ready(port: int) -> None:
+        print(f"servegraph: serving graph '{graph.name}' on {args.host}:{port}", flush=True)
+
+    router.run(graph, args.host, args.port, max_message_mb=args.max_message_mb, grace=args.grace, on_ready=ready)
+    return 0
+
+
+def _invoke(args: argparse.Namespace) -> int:
+    from servegraph.clients import Client
+
+    body = json.loads(args.body) if args.body is not None else None
+    with Client(args.address, timeout=args.timeout) as client:
+        if args.stream:
+            for chunk in client.stream(body, args.path):
+                print(_dumps(chunk), flush=True)
+        else:
+            print(_dumps(client.invoke(body, args.path)))
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from servegraph.clients import Client
+
+    with Client(args.address, timeout=args.timeout) as client:
+        print(json.dumps(client.describe(), indent=2))
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    print(load_graph(args.target).plot(), end="")
+    return 0
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else repr(v))
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="servegraph", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve a graph over gRPC")
+    serve.add_argument("target", help="MODULE:ATTR naming a Graph (or a function returning one)")
+    serve.add_argument("--host", default=DEFAULT_HOST)
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port (printed)")
+    serve.add_argument("--max-message-mb", type=int, default=DEFAULT_MAX_MESSAGE_MB)
+    serve.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on shutdown")
+    serve.set_defaults(run=_serve)
+
+    for name, run, help_text in (
+        ("invoke", _invoke, "send one event to a served graph"),
+        ("describe", _describe, "show a served graph's steps and endpoints"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--address", default=DEFAULT_ADDRESS)
+        command.add_argument("--timeout", type=float, default=None)
+        command.set_defaults(run=run)
+        if name == "invoke":
+            command.add_argument("--body", help="the event body as JSON")
+            command.add_argument("--path", default="/")
+            command.add_argument("--stream", action="store_true", help="print chunks as they arrive")
+
+    plot = commands.add_parser("plot", help="print a graph as a Mermaid flowchart")
+    plot.add_argument("target", help="MODULE:ATTR naming a Graph")
+    plot.set_defaults(run=_plot)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("SERVEGRAPH_LOG", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (GraphError, ServingError) as error:
+        print(f"servegraph: {error}", file=sys.stderr)
+        return 1
+    except json.JSONDecodeError as error:
+        print(f"servegraph: --body is not valid JSON: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The typed codec: Python values <-> protobuf, for bodies that cross a socket.
+
+Bodies are JSON-compatible values plus bytes and numpy arrays. Arrays and bytes never become
+JSON lists: each is cut out into a `Tensor` (dtype, shape, raw little-endian bytes) and leaves a
+``{"$tensor": i}`` marker in the JSON part; reading back builds arrays over the received bytes
+without copying (they are read-only). Nothing is ever unpickled.
+
+Two JSON carriers: ``google.protobuf.Value`` for the public service (writable by hand in grpcurl;
+numbers are doubles there, so integral numbers come back as ints) and JSON text (`Payload`) between
+router and workers, which is faster and exact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from google.protobuf import struct_pb2
+
+from .errors import InvalidArgument
+from .v1 import types_pb2
+
+TENSOR_KEY = "$tensor"
+BYTES_DTYPE = "bytes"
+_MAX_EXACT_INT = 2**53
+
+
+class _Extractor:
+    """Collects the arrays and byte strings of a value, handing back their markers."""
+
+    __slots__ = ("tensors",)
+
+    def __init__(self) -> None:
+        self.tensors: list[types_pb2.Tensor] = []
+
+    def marker(self, value: Any) -> dict[str, int] | Any:
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind in "OUSV":
+                return value.tolist()
+            self.tensors.append(encode_tensor(value))
+        elif isinstance(value, bytes | bytearray | memoryview):
+            self.tensors.append(types_pb2.Tensor(dtype=BYTES_DTYPE, data=bytes(value)))
+        elif isinstance(value, np.generic):
+            return value.item()
+        else:
+            raise InvalidArgument(f"cannot encode a {type(value).__name__} value: use JSON values, bytes or numpy arrays")
+        return {TENSOR_KEY: len(self.tensors) - 1}
+
+
+def encode_tensor(array: np.ndarray) -> types_pb2.Tensor:
+    array = np.ascontiguousarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return types_pb2.Tensor(dtype=array.dtype.name, shape=array.shape, data=array.tobytes())
+
+
+def decode_tensor(tensor: types_pb2.Tensor, where: str = "tensor") -> np.ndarray | bytes:
+    """A read-only array over the message's bytes; INVALID_ARGUMENT when dtype or size is wrong."""
+    if tensor.dtype == BYTES_DTYPE:
+        return tensor.data
+    try:
+        dtype = np.dtype(tensor.dtype)
+    except TypeError:
+        raise InvalidArgument(f"{where}: unknown dtype '{tensor.dtype}'") from None
+    if dtype.kind not in "biufc":
+        raise InvalidArgument(f"{where}: dtype '{tensor.dtype}' is not a numeric type")
+    shape = tuple(tensor.shape)
+    if any(dim < 0 for dim in shape):
+        raise InvalidArgument(f"{where}: negative dimension in shape {list(shape)}")
+    expected = math.prod(shape) * dtype.itemsize
+    if len(tensor.data) != expected:
+        raise InvalidArgument(
+            f"{where}: {len(tensor.data)} bytes do not match dtype {dtype.name} and shape {list(shape)} "
+            f"({expected} bytes expected)"
+        )
+    return np.frombuffer(tensor.data, dtype.newbyteorder("<")).reshape(shape)
+
+
+def _tensor_ref(tensors: Sequence[Any], index: Any) -> Any:
+    if not isinstance(index, int | float) or not 0 <= index < len(tensors) or int(index) != index:
+        raise InvalidArgument(f"marker {{'{TENSOR_KEY}': {index!r}}} points to no tensor ({len(tensors)} sent)")
+    return tensors[int(index)]
+
+
+# -- JSON text (worker payloads) ------------------------------------------------------------------
+def to_payload(value: Any, payload: types_pb2.Payload | None = None) -> types_pb2.Payload:
+    payload = payload if payload is not None else types_pb2.Payload()
+    extractor = _Extractor()
+    payload.json = json.dumps(value, default=extractor.marker, separators=(",", ":")).encode()
+    if extractor.tensors:
+        payload.tensors.extend(extractor.tensors)
+    return payload
+
+
+def from_payload(payload: types_pb2.Payload) -> Any:
+    if not payload.json:
+        return None
+    try:
+        if not payload.tensors:
+            return json.loads(payload.json)
+        tensors = [decode_tensor(t, f"tensor {i}") for i, t in enumerate(payload.tensors)]
+
+        def restore(obj: dict[str, Any]) -> Any:
+            if len(obj) == 1 and TENSOR_KEY in obj:
+                return _tensor_ref(tensors, obj[TENSOR_KEY])
+            return obj
+
+        return json.loads(payload.json, object_hook=restore)
+    except ValueError as exc:
+        if isinstance(exc, InvalidArgument):
+            raise
+        raise InvalidArgument(f"malformed JSON payload: {exc}") from None
+
+
+# -- google.protobuf.Value (public service) ------------------------------------------------------
+def to_value(value: Any, target: struct_pb2.Value, tensors: Any) -> None:
+    """Write `value` into the Value `target`, appending its arrays and bytes to `tensors`."""
+    extractor = _Extractor()
+    _fill(value, target, extractor)
+    if extractor.tensors:
+        tensors.extend(extractor.tensors)
+
+
+def from_value(value: struct_pb2.Value, tensors: Sequence[types_pb2.Tensor] = ()) -> Any:
+    decoded = [decode_tensor(t, f"tensor {i}") for i, t in enumerate(tensors)] if tensors else ()
+    return _read(value, decoded)
+
+
+def _fill(value: Any, target: struct_pb2.Value, extractor: _Extractor) -> None:
+    if value is None:
+        target.null_value = struct_pb2.NULL_VALUE
+    elif value is True or value is False:
+        target.bool_value = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        target.number_value = value
+    elif isinstance(value, str):
+        target.string_value = value
+    elif isinstance(value, dict):
+        fields = target.struct_value.fields
+        if not value:
+            target.struct_value.SetInParent()
+        for key, item in value.items():
+            _fill(item, fields[key if isinstance(key, str) else str(key)], extractor)
+    elif isinstance(value, list | tuple):
+        items = target.list_value
+        items.SetInParent()
+        for item in value:
+            _fill(item, items.values.add(), extractor)
+    else:
+        replacement = extractor.marker(value)
+        _fill(replacement, target, extractor)
+
+
+def _read(value: struct_pb2.Value, tensors: Sequence[Any]) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        fields = value.struct_value.fields
+        if len(fields) == 1 and TENSOR_KEY in fields:
+            return _tensor_ref(tensors, _read(fields[TENSOR_KEY], tensors))
+        return {key: _read(item, tensors) for key, item in fields.items()}
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if number.is_integer() and abs(number) < _MAX_EXACT_INT:
+            return int(number)
+        return number
+    if kind == "list_value":
+        return [_read(item, tensors) for item in value.list_value.values]
+    if kind == "bool_value":
+        return value.bool_value
+    return None

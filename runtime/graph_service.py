@@ -1,0 +1,107 @@
+"""The `servegraph.v1.Graph` gRPC service: a thin adapter from protobuf messages to the engine."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from . import codec
+from .engine import Engine
+from .errors import ServingError, Unavailable
+from .event import Event
+from .v1 import graph_pb2, graph_pb2_grpc
+
+logger = logging.getLogger("servegraph.router")
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class GraphService(graph_pb2_grpc.GraphServicer):
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    async def Invoke(self, request: graph_pb2.InvokeRequest, context: grpc.aio.ServicerContext) -> Any:
+        event = await self._event(request, context)
+        try:
+            result = await self.engine.run(event)
+        except Exception as exc:
+            await _abort(context, exc, event)
+        return _response(event.id, result)
+
+    async def InvokeStream(
+        self, request: graph_pb2.InvokeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[graph_pb2.InvokeResponse]:
+        event = await self._event(request, context)
+        chunks = self.engine.stream(event)
+        try:
+            async for chunk in chunks:
+                yield _response(event.id, chunk)
+        except Exception as exc:
+            await _abort(context, exc, event)
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+    async def Describe(self, request: graph_pb2.DescribeRequest, context: grpc.aio.ServicerContext) -> Any:
+        graph = self.engine.graph
+        spec = struct_pb2.Struct()
+        json_format.ParseDict(_jsonable(graph.to_dict()), spec)
+        outlets = graph.outlets()
+        return graph_pb2.DescribeResponse(
+            name=graph.name,
+            spec=spec,
+            steps=[
+                graph_pb2.StepInfo(
+                    name=name, kind=step.kind, after=step.after, outlets=outlets[name], responder=step.responder
+                )
+                for name, step in graph.steps.items()
+            ],
+            endpoints=[graph_pb2.Endpoint(**endpoint) for endpoint in self.engine.describe_endpoints()],
+            mermaid=graph.plot(),
+            streaming=self.engine.streaming,
+        )
+
+    async def _event(self, request: graph_pb2.InvokeRequest, context: grpc.aio.ServicerContext) -> Event:
+        if not self.engine.ready:
+            await _abort(context, Unavailable(f"graph '{self.engine.graph.name}' is still loading"), None)
+        request_id = request.id or _metadata(context).get(REQUEST_ID_HEADER)
+        try:
+            body = codec.from_value(request.body, request.tensors)
+        except ServingError as exc:
+            await _abort(context, exc, None)
+        return Event(body, id=request_id, path=request.path or "/", headers=request.headers)
+
+
+def _response(event_id: str, result: Any) -> graph_pb2.InvokeResponse:
+    response = graph_pb2.InvokeResponse(id=event_id)
+    codec.to_value(result, response.body, response.tensors)
+    return response
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception, event: Event | None) -> None:
+    """End the call with the error's status; unexpected exceptions are logged with their traceback."""
+    if isinstance(error, ServingError):
+        code, message = error.code, str(error)
+        logger.info("request %s failed: %s", event.id if event else "-", message)
+    else:
+        code, message = "INTERNAL", f"{type(error).__name__}: {error}"
+        logger.exception("request %s failed unexpectedly", event.id if event else "-")
+    await context.abort(grpc.StatusCode[code], message)
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+
+
+def _jsonable(value: Any) -> Any:
+    """Class arguments may hold any object; Describe shows those it cannot encode by their repr."""
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)

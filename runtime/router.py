@@ -1,0 +1,120 @@
+"""The router process: serves a graph over gRPC (grpc.aio on uvloop) with health and reflection.
+
+Start-up order matters to clients: the port opens first with health NOT_SERVING, the engine
+loads (workers start, models load), and only then does health say SERVING. On SIGTERM/SIGINT
+health turns NOT_SERVING, in-flight calls get `grace` seconds to finish, then workers stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .engine import Engine
+from .graph import Graph
+from .graph_service import GraphService
+from .v1 import graph_pb2, graph_pb2_grpc
+
+logger = logging.getLogger("servegraph.router")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 50051
+DEFAULT_MAX_MESSAGE_MB = 64
+GRAPH_SERVICE = graph_pb2.DESCRIPTOR.services_by_name["Graph"].full_name
+
+
+class Router:
+    """One graph served on one port."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+    ):
+        self.engine = Engine(graph)
+        self.host = host
+        self.requested_port = port
+        self.port: int | None = None
+        self.health = health.aio.HealthServicer()
+        limit = max_message_mb * 1024 * 1024
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        graph_pb2_grpc.add_GraphServicer_to_server(GraphService(self.engine), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [GRAPH_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self.server,
+        )
+
+    async def start(self) -> int:
+        """Open the port, load the graph, then report SERVING; returns the bound port."""
+        address = f"{_bracket(self.host)}:{self.requested_port}"
+        self.port = self.server.add_insecure_port(address)
+        if not self.port:
+            raise OSError(f"cannot bind {address}")
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        try:
+            await self.engine.start()
+        except BaseException:
+            await self.server.stop(None)
+            raise
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+        await self.engine.stop()
+
+    async def _set_health(self, status: int) -> None:
+        await self.health.set("", status)
+        await self.health.set(GRAPH_SERVICE, status)
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+async def serve(
+    graph: Graph,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    *,
+    max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+    grace: float = 5.0,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and stop."""
+    router = Router(graph, host, port, max_message_mb=max_message_mb)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    bound = await router.start()
+    if on_ready is not None:
+        on_ready(bound)
+    await stopping.wait()
+    logger.info("stopping: draining in-flight calls for up to %.1fs", grace)
+    await router.stop(grace)
+
+
+def run(graph: Graph, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, **options: object) -> None:
+    """Blocking entry point: `serve` on a uvloop event loop."""
+    import uvloop
+
+    uvloop.run(serve(graph, host, port, **options))  # type: ignore[arg-type]
