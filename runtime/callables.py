@@ -62,9 +62,7 @@ def bind(step: TaskStep, context: Context) -> Call:
     if step.cls is None:
         fn = _with_context(step.handler, context)  # type: ignore[arg-type]
         return Call(fn, mode_of(fn))
-    instance = (
-        step.instance if step.instance is not None else instantiate(step.cls, step.class_args, step, context)
-    )
+    instance = step.instance if step.instance is not None else instantiate(step.cls, step.class_args, step, context)
     method = step.handler or ("do_event" if step.full_event and hasattr(instance, "do_event") else "do")
     fn = getattr(instance, method, None)
     if not callable(fn):

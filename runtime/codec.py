@@ -46,7 +46,9 @@ class _Extractor:
         elif isinstance(value, np.generic):
             return value.item()
         else:
-            raise InvalidArgument(f"cannot encode a {type(value).__name__} value: use JSON values, bytes or numpy arrays")
+            raise InvalidArgument(
+                f"cannot encode a {type(value).__name__} value: use JSON values, bytes or numpy arrays"
+            )
         return {TENSOR_KEY: len(self.tensors) - 1}
 
 

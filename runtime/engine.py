@@ -12,6 +12,7 @@ copy of the event. A streaming step sends each chunk through the steps after it,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -116,12 +117,18 @@ class TaskNode(Node):
 
     async def chunks(self, event: Event) -> AsyncIterator[Any]:
         produced = self.call.fn(self.argument(event))
-        if self.call.mode is Mode.GENERATOR:
-            for chunk in produced:
-                yield self.merge(event, chunk, copy_body=True)
-        else:
+        if self.call.mode is Mode.ASYNC_GENERATOR:
             async for chunk in produced:
                 yield self.merge(event, chunk, copy_body=True)
+            return
+        # A sync generator never yields the loop between chunks (nothing would reach the caller before it
+        # ends) and may block waiting for its next chunk (a model's token streamer): advance it in a thread.
+        try:
+            while (chunk := await asyncio.to_thread(next, produced, _END)) is not _END:
+                yield self.merge(event, chunk, copy_body=True)
+        finally:
+            with contextlib.suppress(ValueError):  # still running in its thread: closed when collected
+                produced.close()
 
 
 class RouterNode(Node):
@@ -131,8 +138,19 @@ class RouterNode(Node):
 
     def __init__(self, step: RouterStep, context: Context):  # type: ignore[override]
         super().__init__(step, context)
-        self.routes = {key: TaskNode(route, context) for key, route in step.routes.items()}
+        self.routes = {key: TaskNode(self._as_route(step, route), context) for key, route in step.routes.items()}
         self.streams = any(route.streams for route in self.routes.values())
+
+    @staticmethod
+    def _as_route(router: RouterStep, route: TaskStep) -> TaskStep:
+        """The route reads and writes the body where the router step says (routes have no paths of their own)."""
+        route = copy.copy(route)
+        route.full_event, route.input_path, route.result_path = (
+            router.full_event,
+            router.input_path,
+            router.result_path,
+        )
+        return route
 
     def route(self, path: str) -> TaskNode:
         parts = [part for part in path.split("/") if part]
@@ -350,9 +368,7 @@ class Engine:
             outlet = node.outlets_by_name.get(name)
             if outlet is None:
                 allowed = ", ".join([*node.outlets_by_name, COMPLETE])
-                raise ServingError(
-                    f"step '{node.name}' selected unknown outlet '{name}' (allowed: {allowed})"
-                )
+                raise ServingError(f"step '{node.name}' selected unknown outlet '{name}' (allowed: {allowed})")
             selected.append(outlet)
         return selected
 
@@ -373,9 +389,7 @@ class Engine:
             raise StepError(node.name, error) from error
         event.error = str(error)
         event.origin_state = node.name
-        logger.debug(
-            "step '%s' failed for event %s; running handler '%s'", node.name, event.id, node.on_error.name
-        )
+        logger.debug("step '%s' failed for event %s; running handler '%s'", node.name, event.id, node.on_error.name)
         return node.on_error, event
 
     def _in_cycles(self) -> list[Node]:

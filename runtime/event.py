@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-import uuid
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,7 +11,7 @@ from .errors import InvalidArgument
 
 
 def new_event_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class Event:
@@ -77,9 +77,7 @@ def set_path(body: Any, keys: tuple[str, ...], value: Any) -> Any:
     if body is None:
         body = {}
     if not isinstance(body, dict):
-        raise InvalidArgument(
-            f"cannot write result path '{'.'.join(keys)}' into a {type(body).__name__} body"
-        )
+        raise InvalidArgument(f"cannot write result path '{'.'.join(keys)}' into a {type(body).__name__} body")
     target = body
     for key in keys[:-1]:
         target = target.setdefault(key, {})

@@ -33,9 +33,7 @@ class Graph:
         max_iterations: int | None = DEFAULT_MAX_ITERATIONS,
     ):
         if topology != "flow":
-            raise GraphError(
-                f"topology {topology!r} is not supported: use 'flow' (and sg.RouterStep to route)"
-            )
+            raise GraphError(f"topology {topology!r} is not supported: use 'flow' (and sg.RouterStep to route)")
         if engine not in ("async", "sync"):
             raise GraphError(f"engine {engine!r} is not supported: use 'async'")
         self.name = name
@@ -180,9 +178,7 @@ class Graph:
             raise GraphError(f"graph '{self.name}' has no steps")
         responders = [step.name for step in self.steps.values() if step.responder]
         if len(responders) > 1:
-            raise GraphError(
-                f"graph '{self.name}' has several responders {responders}; only one may respond()"
-            )
+            raise GraphError(f"graph '{self.name}' has several responders {responders}; only one may respond()")
         for step in self.steps.values():
             for target in step.cycle_targets:
                 if target not in self.steps:

@@ -23,9 +23,7 @@ def import_object(path: str, what: str = "object") -> Any:
         try:
             target = getattr(target, part)
         except AttributeError as exc:
-            raise GraphError(
-                f"cannot import {what} '{path}': module '{module_name}' has no '{attr}'"
-            ) from exc
+            raise GraphError(f"cannot import {what} '{path}': module '{module_name}' has no '{attr}'") from exc
     return target
 
 

@@ -40,9 +40,7 @@ class MockServer:
             if self._loop is not None:
                 return self
             loop = uvloop.new_event_loop()
-            thread = threading.Thread(
-                target=loop.run_forever, name=f"servegraph-mock-{self.graph.name}", daemon=True
-            )
+            thread = threading.Thread(target=loop.run_forever, name=f"servegraph-mock-{self.graph.name}", daemon=True)
             thread.start()
             self._loop, self._thread = loop, thread
         try:
@@ -94,9 +92,7 @@ class MockServer:
         A failing step raises its own exception (with a note naming the step).
         """
         if self._thread is None and _running_loop() is not None and self.engine.ready:
-            raise RuntimeError(
-                "this mock server runs on your event loop (async with): use 'await mock.atest()'"
-            )
+            raise RuntimeError("this mock server runs on your event loop (async with): use 'await mock.atest()'")
         self.start()
         event = Event(body, id=event_id, path=path, headers=headers)
         if self._streams(stream):
@@ -122,9 +118,7 @@ class MockServer:
             return await _unwrap(self.engine.run(event))
         if self._streams(stream):
             return self._aiterate(self.engine.stream(event))
-        return await asyncio.wrap_future(
-            asyncio.run_coroutine_threadsafe(_unwrap(self.engine.run(event)), self._loop)
-        )
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_unwrap(self.engine.run(event)), self._loop))
 
     def _streams(self, stream: bool | None) -> bool:
         return self.engine.streaming if stream is None else stream

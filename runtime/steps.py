@@ -83,17 +83,13 @@ class Step:
 
         Without `before` the handler's output is the response; with it, the flow goes on there.
         """
-        step = self._owner().add_error_handler(
-            class_name, name=name, handler=handler, before=before, **kwargs
-        )
+        step = self._owner().add_error_handler(class_name, name=name, handler=handler, before=before, **kwargs)
         self.on_error = step.name
         return self
 
     def _owner(self) -> Graph:
         if self.graph is None:
-            raise GraphError(
-                f"step '{self.name}' is not in a graph yet: add it with graph.to() or add_step()"
-            )
+            raise GraphError(f"step '{self.name}' is not in a graph yet: add it with graph.to() or add_step()")
         return self.graph
 
     # -- (de)serialization ----------------------------------------------------------------------

@@ -1,0 +1,110 @@
+"""Invoke through the router vs a bare grpc.aio echo server (the floor for Python gRPC here).
+
+Both servers run in their own process; one client process drives them with 1 and 8 concurrent
+asyncio callers on one channel. On a 2-core machine the client and the server share the CPU, so
+throughput moves with whatever else runs; the per-request cost is therefore measured as the server
+process's CPU time per request (from /proc), and the ratio compares those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from servegraph import codec
+from servegraph.v1 import graph_pb2, graph_pb2_grpc
+
+DURATION = float(os.environ.get("BENCH_SECONDS", "3"))
+BODY = {"text": "hello world", "user": {"id": 7, "tags": ["a", "b"]}}
+ADDRESS_LINE = re.compile(r"on (127\.0\.0\.1:\d+)")
+
+
+@contextlib.contextmanager
+def server(*command: str) -> Iterator[tuple[str, int]]:
+    process = subprocess.Popen(
+        [sys.executable, *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if match := ADDRESS_LINE.search(line):
+                yield match[1], process.pid
+                break
+        else:
+            raise RuntimeError(f"{command} did not start")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+async def load(address: str, concurrency: int, seconds: float) -> tuple[float, list[float]]:
+    request = graph_pb2.InvokeRequest()
+    codec.to_value(BODY, request.body, request.tensors)
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = graph_pb2_grpc.GraphStub(channel)
+        for _ in range(200):
+            await stub.Invoke(request)
+        stop_at = time.perf_counter() + seconds
+
+        async def caller() -> None:
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                await stub.Invoke(request)
+                latencies.append(time.perf_counter() - started)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    return len(latencies) / elapsed, latencies
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    import uvloop
+
+    print("== Invoke: router (3-step graph) vs bare grpc.aio echo server ==")
+    cost = {}
+    with (
+        server("-m", "benchmarks.served") as echo,
+        server("-m", "servegraph.cli", "serve", "benchmarks.served:three_step", "--port", "0") as router,
+    ):
+        for concurrency in (1, 8):
+            for name, (address, pid) in (("echo", echo), ("router", router)):
+                before = cpu_seconds(pid)
+                rate, latencies = uvloop.run(load(address, concurrency, DURATION))
+                cost[name, concurrency] = (cpu_seconds(pid) - before) / (len(latencies) + 200)
+                print(
+                    f"{name:>6} x{concurrency}: {rate:8.0f} req/s   p50 {percentile(latencies, 0.5) * 1e3:6.2f} ms"
+                    f"   p99 {percentile(latencies, 0.99) * 1e3:6.2f} ms"
+                    f"   server CPU {cost[name, concurrency] * 1e6:5.0f} us/req"
+                )
+            ratio = cost["router", concurrency] / cost["echo", concurrency]
+            print(f"  per-request server cost, router / echo at x{concurrency}: {ratio:.2f}x (target <= 1.3x)")
+
+
+if __name__ == "__main__":
+    main()

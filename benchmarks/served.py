@@ -1,0 +1,57 @@
+"""What the gRPC benchmarks serve: a 3-step graph, and a bare grpc.aio echo server as the floor.
+
+servegraph serve benchmarks.served:three_step
+python -m benchmarks.served PORT          # the echo server
+"""
+
+from __future__ import annotations
+
+import sys
+
+import servegraph as sg
+
+
+def parse(body: dict) -> dict:
+    return {**body, "parsed": True}
+
+
+class Score:
+    def __init__(self, weight: float = 2.0):
+        self.weight = weight
+
+    def do(self, body: dict) -> dict:
+        body["score"] = self.weight * len(body.get("text", ""))
+        return body
+
+
+async def finish(body: dict) -> dict:
+    body["done"] = True
+    return body
+
+
+three_step = sg.Graph("three-step")
+three_step.to(name="parse", handler=parse).to(Score, name="score").to(name="finish", handler=finish).respond()
+
+
+async def echo_server(port: int) -> None:
+    """servegraph.v1.Graph/Invoke answering with the request's own body: gRPC and protobuf alone."""
+    import grpc
+
+    from servegraph.v1 import graph_pb2, graph_pb2_grpc
+
+    class Echo(graph_pb2_grpc.GraphServicer):
+        async def Invoke(self, request, context):
+            return graph_pb2.InvokeResponse(body=request.body, id=request.id)
+
+    server = grpc.aio.server()
+    graph_pb2_grpc.add_GraphServicer_to_server(Echo(), server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print(f"echo server on 127.0.0.1:{bound}", flush=True)
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    uvloop.run(echo_server(int(sys.argv[1]) if len(sys.argv) > 1 else 0))

@@ -1,0 +1,181 @@
+"""The router process served with `servegraph serve`, called with the Python clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from servers import TESTS_DIR, serve, stop
+
+import servegraph as sg
+from servegraph.clients import AsyncClient, Client
+
+
+@pytest.fixture(scope="module")
+def flow():
+    with serve("served_graphs:flow") as served:
+        yield served
+
+
+def test_invoke_runs_the_graph(flow):
+    with Client(flow.address) as client:
+        client.wait_ready(10)
+        assert client.invoke({"question": " hi "}) == {"question": "hi", "answer": "Q: hi", "steps": 3}
+
+
+def test_request_id_comes_back_from_the_engine(flow):
+    with Client(flow.address) as client:
+        response = client._stub.Invoke(sg_request({"question": "x"}, request_id="req-42"))
+        assert response.id == "req-42"
+
+
+def sg_request(body, request_id=""):
+    from servegraph import codec
+    from servegraph.v1 import graph_pb2
+
+    request = graph_pb2.InvokeRequest(id=request_id)
+    codec.to_value(body, request.body, request.tensors)
+    return request
+
+
+def test_errors_map_to_status_codes_and_the_server_keeps_serving(flow):
+    with Client(flow.address) as client:
+        with pytest.raises(sg.InvalidArgument, match="'question' field") as bad:
+            client.invoke({"no": "question"})
+        assert bad.value.code == "INVALID_ARGUMENT"
+        with pytest.raises(sg.ServingError, match=r"step 'fail' failed: ValueError: asked to fail: boom") as failed:
+            client.invoke({"question": "q", "fail": "boom"})
+        assert failed.value.code == "INTERNAL"
+        with pytest.raises(sg.DeadlineExceeded):
+            client.invoke({"question": "q", "sleep": 2}, timeout=0.3)
+        assert client.invoke({"question": "still up"})["answer"] == "Q: still up"
+
+
+def test_a_bad_request_does_not_disturb_concurrent_ones(flow):
+    async def main():
+        async with AsyncClient(flow.address) as client:
+            good = [client.invoke({"question": f"q{i}", "sleep": 0.2}) for i in range(20)]
+            bad = [client.invoke({"question": "q", "fail": str(i)}) for i in range(20)]
+            return await asyncio.gather(*good, *bad, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert [r["answer"] for r in results[:20]] == [f"Q: q{i}" for i in range(20)]
+    assert all(isinstance(r, sg.ServingError) and r.code == "INTERNAL" for r in results[20:])
+
+
+def test_describe_lists_steps_and_wiring(flow):
+    with Client(flow.address) as client:
+        description = client.describe()
+    assert description["name"] == "flow"
+    assert [step["name"] for step in description["steps"]] == ["clean", "answer", "stamp", "fail", "slow"]
+    assert description["steps"][0]["outlets"] == ["answer"]
+    assert description["spec"]["steps"]["answer"]["class_args"] == {"prefix": "Q"}
+    assert description["mermaid"].startswith("flowchart")
+
+
+def test_tensors_travel_as_raw_bytes_and_large_messages_pass():
+    x = np.arange(2_000_000, dtype=np.float32).reshape(1000, 2000)  # 8 MB: over gRPC's 4 MB default
+    with serve("served_graphs:tensors") as served, Client(served.address) as client:
+        result = client.invoke({"x": x, "raw": b"\x00\x01"})
+        bad = sg_request({"x": {"$tensor": 0}})
+        bad.tensors.add(dtype="float32", shape=[3], data=b"\x00" * 10)
+        with pytest.raises(Exception) as error:
+            client._stub.Invoke(bad)
+    assert result["sum"] == pytest.approx(float(x.sum(dtype=np.float64)), rel=1e-6)
+    assert result["shape"] == [1000, 2000]
+    assert result["doubled"].dtype == np.float32 and np.array_equal(result["doubled"], x * 2)
+    assert result["raw"] == b"\x00\x01"
+    assert "10 bytes do not match dtype float32 and shape [3]" in error.value.details()
+
+
+def test_stream_yields_chunks_as_they_are_produced():
+    with serve("served_graphs:streaming") as served, Client(served.address) as client:
+        arrivals = []
+        for chunk in client.stream({"n": 3, "delay": 0.4}):
+            arrivals.append((time.time(), chunk))
+    assert [chunk["i"] for _, chunk in arrivals] == [0, 1, 2]
+    first_arrival, last_produced = arrivals[0][0], arrivals[-1][1]["at"]
+    assert first_arrival < last_produced, "the first chunk must arrive before the generator finishes"
+
+
+def test_async_stream_and_cancel():
+    async def main(address):
+        async with AsyncClient(address) as client:
+            await client.wait_ready(10)
+            chunks = [chunk async for chunk in client.stream({"n": 2})]
+            stream = client.stream({"n": 100, "delay": 0.05})
+            first = await anext(stream)
+            await stream.aclose()
+            return chunks, first
+
+    with serve("served_graphs:streaming") as served:
+        chunks, first = asyncio.run(main(served.address))
+    assert [c["i"] for c in chunks] == [0, 1]
+    assert first["i"] == 0
+
+
+def test_router_routes_by_path_and_unknown_routes_are_not_found():
+    with serve("served_graphs:router") as served, Client(served.address) as client:
+        assert client.invoke("abc", path="/upper") == "ABC"
+        assert client.invoke({"question": "x"}, path="/v2/models/answer/infer")["answer"] == "R: x"
+        with pytest.raises(sg.NotFound, match="no route 'nope'"):
+            client.invoke({}, path="/v2/models/nope/infer")
+
+
+def test_cycle_past_its_limit_is_internal_with_the_message():
+    with serve("served_graphs:cyclic") as served, Client(served.address) as client:
+        assert client.invoke({"n": 0, "until": 3}) == {"n": 3, "until": 3}
+        with pytest.raises(sg.ServingError, match="Max iterations exceeded in step 'bump' for event e-1") as error:
+            client.invoke({"n": 0, "until": 50}, id="e-1")
+    assert error.value.code == "INTERNAL"
+
+
+def test_sigterm_drains_in_flight_calls_and_exits_zero():
+    with serve("served_graphs:flow") as served:
+        results = []
+
+        def call():
+            with Client(served.address) as client:
+                results.append(client.invoke({"question": "drain", "sleep": 1.0}))
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.4)
+        code = stop(served.process)
+        caller.join(10)
+    assert code == 0
+    assert results and results[0]["answer"] == "Q: drain"
+
+
+def test_cli_invoke_and_describe(flow):
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "servegraph.cli", *args], capture_output=True, text=True, timeout=30, check=False
+        )
+
+    invoked = cli("invoke", "--address", flow.address, "--body", '{"question": "cli"}')
+    assert invoked.returncode == 0, invoked.stderr
+    assert json.loads(invoked.stdout)["answer"] == "Q: cli"
+    described = cli("describe", "--address", flow.address)
+    assert json.loads(described.stdout)["name"] == "flow"
+    failed = cli("invoke", "--address", flow.address, "--body", '{"question": "q", "fail": "cli"}')
+    assert failed.returncode == 1 and "step 'fail' failed" in failed.stderr
+
+
+def test_serve_reports_a_graph_that_cannot_load():
+    result = subprocess.run(
+        [sys.executable, "-m", "servegraph.cli", "serve", "served_graphs:nothing", "--port", "0"],
+        cwd=TESTS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "has no attribute 'nothing'" in result.stderr
