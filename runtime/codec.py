@@ -53,7 +53,7 @@ class _Extractor:
 
 
 def encode_tensor(array: np.ndarray) -> types_pb2.Tensor:
-    array = np.ascontiguousarray(array)
+    array = np.ascontiguousarray(array).reshape(array.shape)  # ascontiguousarray makes 0-d arrays 1-d
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
     return types_pb2.Tensor(dtype=array.dtype.name, shape=array.shape, data=array.tobytes())

@@ -145,11 +145,9 @@ class RouterNode(Node):
     def _as_route(router: RouterStep, route: TaskStep) -> TaskStep:
         """The route reads and writes the body where the router step says (routes have no paths of their own)."""
         route = copy.copy(route)
-        route.full_event, route.input_path, route.result_path = (
-            router.full_event,
-            router.input_path,
-            router.result_path,
-        )
+        route.full_event = router.full_event
+        route.input_path = router.input_path
+        route.result_path = router.result_path
         return route
 
     def route(self, path: str) -> TaskNode:

@@ -225,3 +225,31 @@ class Model:
 
     def do(self, body):
         return {"model": self.name, "y": body["x"] * self.scale}
+
+
+class Endless:
+    """Streams until closed; records that its generator was closed (the caller stopped reading)."""
+
+    def __init__(self, closed: threading.Event):
+        self.closed = closed
+
+    def do(self, body):
+        try:
+            i = 0
+            while True:
+                yield {"i": i}
+                i += 1
+        finally:
+            self.closed.set()
+
+
+class AsyncEndless(Endless):
+    async def do(self, body):
+        try:
+            i = 0
+            while True:
+                await asyncio.sleep(0)
+                yield {"i": i}
+                i += 1
+        finally:
+            self.closed.set()

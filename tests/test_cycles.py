@@ -49,9 +49,8 @@ def test_complete_from_non_responder_ends_the_flow_with_its_body():
 def test_step_max_iterations_beats_graph_max_iterations():
     runs = []
     graph = loop_graph(graph_steps.NeverSatisfied(), runs=runs, gen_max=3, max_iterations=5)
-    with graph.to_mock_server() as mock:
-        with pytest.raises(RuntimeError) as failure:
-            mock.test(body={"drafts": []}, event_id="evt-7")
+    with graph.to_mock_server() as mock, pytest.raises(RuntimeError) as failure:
+        mock.test(body={"drafts": []}, event_id="evt-7")
     assert str(failure.value) == "Max iterations exceeded in step 'gen' for event evt-7"
     assert len(runs) == 3
 
@@ -68,9 +67,8 @@ def test_graph_max_iterations_applies_without_a_step_limit():
 def test_default_max_iterations_is_100(graph_limit):
     runs = []
     graph = loop_graph(graph_steps.NeverSatisfied(), runs=runs, max_iterations=graph_limit)
-    with graph.to_mock_server() as mock:
-        with pytest.raises(RuntimeError) as failure:
-            mock.test(body={"drafts": []}, event_id="e100")
+    with graph.to_mock_server() as mock, pytest.raises(RuntimeError) as failure:
+        mock.test(body={"drafts": []}, event_id="e100")
     assert str(failure.value) == "Max iterations exceeded in step 'gen' for event e100"
     assert len(runs) == 100
 

@@ -48,7 +48,7 @@ def test_input_path_and_dotted_result_path():
 def test_missing_input_path_is_invalid_argument():
     graph = sg.Graph("paths")
     graph.to(name="inc", handler=graph_steps.increment, input_path="inputs.value").respond()
-    with graph.to_mock_server() as mock, pytest.raises(sg.InvalidArgument, match="inputs.value"):
+    with graph.to_mock_server() as mock, pytest.raises(sg.InvalidArgument, match=r"inputs\.value"):
         mock.test(body={"inputs": {}})
 
 
