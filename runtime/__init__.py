@@ -23,6 +23,7 @@ from .errors import (
 from .event import Event
 from .graph import Graph
 from .mock import MockServer
+from .models import EndpointName, Model, ModelArtifact, ModelRunnerStep, ModelSelector
 from .steps import COMPLETE, Choice, RouterStep, Step, TaskStep
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "COMPLETE",
     "Choice",
     "Context",
+    "EndpointName",
     "DeadlineExceeded",
     "Engine",
     "Event",
@@ -39,6 +41,10 @@ __all__ = [
     "InvalidArgument",
     "MaxIterationsError",
     "MockServer",
+    "Model",
+    "ModelArtifact",
+    "ModelRunnerStep",
+    "ModelSelector",
     "NotFound",
     "RouterStep",
     "ServingError",

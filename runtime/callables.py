@@ -35,6 +35,8 @@ class Context:
 
     graph_name: str
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("servegraph.steps"))
+    models: Any = None
+    """The graph's `hosting.ModelHub` once the engine has started."""
 
 
 @dataclass

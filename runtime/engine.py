@@ -12,16 +12,18 @@ copy of the event. A streaming step sends each chunk through the steps after it,
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import copy
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator
+from typing import Any
 
-from .callables import Context, Mode, bind
-from .errors import MaxIterationsError, NotFound, ServingError, StepError
-from .event import Event, get_path, set_path, split_path
+from .callables import Context
+from .errors import MaxIterationsError, ServingError, StepError
+from .event import Event
 from .graph import DEFAULT_MAX_ITERATIONS, Graph
+from .hosting import ModelHub
+from .model_runner import ModelRunnerNode
+from .models import ModelRunnerStep
+from .nodes import Node, RouterNode, TaskNode
 from .steps import COMPLETE, RouterStep, Step, TaskStep
 
 logger = logging.getLogger("servegraph.engine")
@@ -31,160 +33,27 @@ STREAM_BUFFER = 64
 
 _END = object()
 
-
-class Node:
-    """A step made ready to run: its inputs and outputs resolved, its outlets wired."""
-
-    step_types: ClassVar[tuple[type[Step], ...]] = ()
-    registry: ClassVar[list[type[Node]]] = []
-
-    def __init_subclass__(cls, **kwargs: Any):
-        super().__init_subclass__(**kwargs)
-        Node.registry.append(cls)
-
-    def __init__(self, step: Step, context: Context):
-        self.name = step.name
-        self.full_event = step.full_event
-        self.input_path = step.input_path
-        self.input_keys = split_path(step.input_path)
-        self.result_keys = split_path(step.result_path)
-        self.responder = step.responder
-        self.streams = False
-        self.select_outlets: Callable[[Any], Any] | None = None
-        self.max_iterations: int | None = None
-        self.outlets: list[Node] = []
-        self.outlets_by_name: dict[str, Node] = {}
-        self.on_error: Node | None = None
-
-    @classmethod
-    def build(cls, step: Step, context: Context) -> Node:
-        for node_cls in reversed(Node.registry):
-            if isinstance(step, node_cls.step_types):
-                return node_cls(step, context)
-        raise TypeError(f"no engine node for step kind {type(step).__name__}")
-
-    async def start(self) -> None:
-        """Acquire what the node needs (models, workers) before the graph reports ready."""
-
-    async def stop(self) -> None:
-        """Release what `start` acquired."""
-
-    async def apply(self, event: Event) -> Any:
-        """Process one event and return the new body."""
-        raise NotImplementedError
-
-    def chunks(self, event: Event) -> AsyncIterator[Any]:
-        """For streaming nodes: the new bodies, one per chunk."""
-        raise NotImplementedError
-
-    def argument(self, event: Event) -> Any:
-        if self.full_event:
-            return event
-        if self.input_keys:
-            return get_path(event.body, self.input_keys, self.input_path or "")
-        return event.body
-
-    def merge(self, event: Event, result: Any, copy_body: bool = False) -> Any:
-        """The body after this step: the result, or the old body with the result at result_path."""
-        if isinstance(result, Event):
-            return result.body
-        if self.result_keys:
-            body = copy.deepcopy(event.body) if copy_body else event.body
-            return set_path(body, self.result_keys, result)
-        return result
-
-    def connect(self, outlets: list[Node]) -> None:
-        self.outlets = outlets
-        self.outlets_by_name = {node.name: node for node in outlets}
+NODE_TYPES: tuple[tuple[type[Step], type[Node]], ...] = (
+    (ModelRunnerStep, ModelRunnerNode),
+    (RouterStep, RouterNode),
+    (TaskStep, TaskNode),
+)
 
 
-class TaskNode(Node):
-    """Runs a function or a class's ``do``: sync, async, or a (sync or async) generator."""
-
-    step_types = (TaskStep,)
-
-    def __init__(self, step: TaskStep, context: Context):  # type: ignore[override]
-        super().__init__(step, context)
-        self.call = bind(step, context)
-        self.streams = self.call.mode.streams
-        self.select_outlets = getattr(self.call.instance, "select_outlets", None)
-
-    async def apply(self, event: Event) -> Any:
-        result = self.call.fn(self.argument(event))
-        if self.call.mode is Mode.ASYNC:
-            result = await result
-        return self.merge(event, result)
-
-    async def chunks(self, event: Event) -> AsyncIterator[Any]:
-        produced = self.call.fn(self.argument(event))
-        if self.call.mode is Mode.ASYNC_GENERATOR:
-            async for chunk in produced:
-                yield self.merge(event, chunk, copy_body=True)
-            return
-        # A sync generator never yields the loop between chunks (nothing would reach the caller before it
-        # ends) and may block waiting for its next chunk (a model's token streamer): advance it in a thread.
-        try:
-            while (chunk := await asyncio.to_thread(next, produced, _END)) is not _END:
-                yield self.merge(event, chunk, copy_body=True)
-        finally:
-            with contextlib.suppress(ValueError):  # still running in its thread: closed when collected
-                produced.close()
-
-
-class RouterNode(Node):
-    """Hands each event to the route its path names (see `steps.RouterStep`)."""
-
-    step_types = (RouterStep,)
-
-    def __init__(self, step: RouterStep, context: Context):  # type: ignore[override]
-        super().__init__(step, context)
-        self.routes = {key: TaskNode(self._as_route(step, route), context) for key, route in step.routes.items()}
-        self.streams = any(route.streams for route in self.routes.values())
-
-    @staticmethod
-    def _as_route(router: RouterStep, route: TaskStep) -> TaskStep:
-        """The route reads and writes the body where the router step says (routes have no paths of their own)."""
-        route = copy.copy(route)
-        route.full_event = router.full_event
-        route.input_path = router.input_path
-        route.result_path = router.result_path
-        return route
-
-    def route(self, path: str) -> TaskNode:
-        parts = [part for part in path.split("/") if part]
-        if parts[:2] == ["v2", "models"]:
-            parts = parts[2:]
-        if not parts and len(self.routes) == 1:
-            return next(iter(self.routes.values()))
-        known = ", ".join(self.routes) or "none"
-        if not parts:
-            raise NotFound(f"router '{self.name}': path '{path}' names no route (routes: {known})")
-        route = self.routes.get(parts[0])
-        if route is None:
-            raise NotFound(f"router '{self.name}' has no route '{parts[0]}' (routes: {known})")
-        return route
-
-    async def apply(self, event: Event) -> Any:
-        route = self.route(event.path)
-        if route.streams:
-            return [chunk async for chunk in route.chunks(event)]
-        return await route.apply(event)
-
-    async def chunks(self, event: Event) -> AsyncIterator[Any]:
-        route = self.route(event.path)
-        if route.streams:
-            async for chunk in route.chunks(event):
-                yield chunk
-        else:
-            yield await route.apply(event)
+def build_node(step: Step, context: Context) -> Node:
+    for step_type, node_type in NODE_TYPES:
+        if isinstance(step, step_type):
+            return node_type(step, context)  # type: ignore[arg-type]
+    raise TypeError(f"the engine cannot run steps of kind {type(step).__name__}")
 
 
 class _Call:
     """What one request collects: its response, or the queue its chunks stream through."""
 
-    __slots__ = ("chunks", "error", "queue", "responded", "response")
+    __slots__ = ("chunks", "error", "queue", "responded", "response", "streaming")
 
     def __init__(self, collect: bool = False, queue: asyncio.Queue[Any] | None = None):
+        self.streaming = queue is not None
         self.queue = queue
         self.chunks: list[Any] | None = [] if collect else None
         self.response: Any = None
@@ -210,16 +79,33 @@ class Engine:
         graph.validate()
         self.graph = graph
         self.context = context or Context(graph.name)
+        self.models = ModelHub(graph)
         self.nodes: dict[str, Node] = {}
         self.handlers: dict[str, Node] = {}
         self.roots: list[Node] = []
-        self.streaming = False
+        self.streaming = False  # some step always streams: unary calls collect the chunks
+        self.can_stream = False  # some step or model streams when the caller asks for a stream
         self.ready = False
 
     async def start(self) -> None:
+        """Place and load every model (workers start), then build the nodes."""
+        self.context.models = self.models
+        await self.models.start()
+        try:
+            self._build()
+        except BaseException:
+            await self.models.stop()
+            raise
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.models.stop()
+
+    def _build(self) -> None:
         graph, context = self.graph, self.context
-        self.nodes = {name: Node.build(step, context) for name, step in graph.steps.items()}
-        self.handlers = {name: Node.build(step, context) for name, step in graph.error_handlers.items()}
+        self.nodes = {name: build_node(step, context) for name, step in graph.steps.items()}
+        self.handlers = {name: build_node(step, context) for name, step in graph.error_handlers.items()}
         for name, outlets in graph.outlets().items():
             self.nodes[name].connect([self.nodes[outlet] for outlet in outlets])
         for name, handler in self.handlers.items():
@@ -234,24 +120,7 @@ class Engine:
             node.max_iterations = step.max_iterations or graph.max_iterations or DEFAULT_MAX_ITERATIONS
         self.roots = [self.nodes[name] for name in graph.roots()]
         self.streaming = any(node.streams for node in self.nodes.values())
-        started: list[Node] = []
-        try:
-            for node in [*self.nodes.values(), *self.handlers.values()]:
-                await node.start()
-                started.append(node)
-        except BaseException:
-            for node in reversed(started):
-                await node.stop()
-            raise
-        self.ready = True
-
-    async def stop(self) -> None:
-        self.ready = False
-        for node in [*self.nodes.values(), *self.handlers.values()]:
-            try:
-                await node.stop()
-            except Exception:
-                logger.exception("stopping step '%s' failed", node.name)
+        self.can_stream = self.streaming or any(node.can_stream for node in self.nodes.values())
 
     # -- requests -------------------------------------------------------------------------------
     async def run(self, event: Event) -> Any:
@@ -305,7 +174,8 @@ class Engine:
                     if count >= node.max_iterations:
                         raise MaxIterationsError(node.name, event.id)
                     event.iterations[node.name] = count + 1
-                if node.streams:
+                streams = node.streams or (node.can_stream and call.streaming)
+                if streams:
                     chunks = node.chunks(event)
                 else:
                     event.body = await node.apply(event)
@@ -313,7 +183,7 @@ class Engine:
             except Exception as exc:
                 node, event = self._recover(node, event, exc)
                 continue
-            if node.streams:
+            if streams:
                 await self._each_chunk(node, chunks, event, call)
                 return
             if len(outlets) == 1:
@@ -408,10 +278,20 @@ class Engine:
         return looping
 
     def describe_endpoints(self) -> list[dict[str, Any]]:
-        """Model endpoints served by this graph (routes now; model runners add theirs)."""
+        """Every model endpoint: ModelRunnerStep models and proxies, and router routes."""
         endpoints = []
+        for name, (step, endpoint) in self.graph.endpoints().items():
+            spec = endpoint.model or self.graph.shared_models[endpoint.shared_model_name].model  # type: ignore[index]
+            endpoints.append(
+                {
+                    "name": name,
+                    "step": step.name,
+                    "kind": "proxy" if endpoint.shared_model_name else "model",
+                    "model_class": spec.model_class.__name__,
+                    "execution_mechanism": spec.execution_mechanism,
+                }
+            )
         for node in self.nodes.values():
             if isinstance(node, RouterNode):
-                for key in node.routes:
-                    endpoints.append({"name": key, "step": node.name, "kind": "route"})
+                endpoints.extend({"name": key, "step": node.name, "kind": "route"} for key in node.routes)
         return endpoints

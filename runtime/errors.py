@@ -44,10 +44,10 @@ class DeadlineExceeded(ServingError):
 class StepError(ServingError):
     """A user step raised; keeps the step's name and the original exception as ``__cause__``."""
 
-    def __init__(self, step: str, error: BaseException):
+    def __init__(self, step: str, error: BaseException, what: str | None = None):
         self.step = step
         self.error = error
-        super().__init__(f"step '{step}' failed: {type(error).__name__}: {error}")
+        super().__init__(f"{what or f'step {step!r}'} failed: {describe(error)}")
 
     @property
     def code(self) -> str:  # type: ignore[override]
@@ -65,7 +65,25 @@ def status_of(error: BaseException) -> str:
 
 def describe(error: BaseException) -> str:
     """MLRun's "Type: message" form, used where an error is reported inside a result."""
+    if isinstance(error, RemoteError):
+        return str(error)
     return f"{type(error).__name__}: {error}"
+
+
+class ModelError(StepError):
+    """A model of a ModelRunnerStep failed: names the endpoint and the step."""
+
+    def __init__(self, step: str, endpoint: str, error: BaseException):
+        self.endpoint = endpoint
+        super().__init__(step, error, f"model '{endpoint}' in step '{step}'")
+
+
+class RemoteError(ServingError):
+    """An error a worker process reported: its text is already "Type: message"."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
 
 
 class MaxIterationsError(ServingError, RuntimeError):

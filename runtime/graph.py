@@ -13,6 +13,7 @@ import yaml
 
 from .errors import GraphError
 from .imports import import_object
+from .models import Endpoint, ModelArtifact, ModelRunnerStep, ModelSpec, SharedModel
 from .steps import STEP_KINDS, Step, TaskStep, as_list
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ class Graph:
         self.steps: dict[str, Step] = {}
         self.error_handlers: dict[str, TaskStep] = {}
         self.on_error: str | None = None
+        self.shared_models: dict[str, SharedModel] = {}
+        self.max_processes: int | None = None
+        self.max_threads: int | None = None
         self._last: Step | None = None
 
     # -- building -------------------------------------------------------------------------------
@@ -130,6 +134,43 @@ class Graph:
         self.error_handlers[step.name] = step
         return step
 
+    def add_shared_model(
+        self,
+        name: str,
+        model_class: Any,
+        execution_mechanism: str,
+        model_artifact: ModelArtifact | str | None = None,
+        input_path: str | None = None,
+        result_path: str | None = None,
+        **model_parameters: Any,
+    ) -> Graph:
+        """Declare a model that loads once and serves every ``add_shared_model_proxy`` endpoint."""
+        if name in self.shared_models:
+            raise GraphError(f"graph '{self.name}' already has a shared model named '{name}'")
+        artifact = ModelArtifact(model_artifact) if isinstance(model_artifact, str) else model_artifact
+        spec = ModelSpec(name, model_class, execution_mechanism, artifact, model_parameters)
+        self.shared_models[name] = SharedModel(spec, input_path, result_path)
+        return self
+
+    def configure_pool_resource(self, max_processes: int | None = None, max_threads: int | None = None) -> None:
+        """Size the graph's worker pool (process_pool models) and the router's default thread pool."""
+        self.max_processes = max_processes
+        self.max_threads = max_threads
+
+    def endpoints(self) -> dict[str, tuple[ModelRunnerStep, Endpoint]]:
+        """Every model endpoint of the graph by name, with the step that holds it."""
+        found: dict[str, tuple[ModelRunnerStep, Endpoint]] = {}
+        for step in self.steps.values():
+            if isinstance(step, ModelRunnerStep):
+                for name, endpoint in step.endpoints.items():
+                    if name in found:
+                        raise GraphError(
+                            f"model endpoint '{name}' is declared in steps '{found[name][0].name}' and '{step.name}'; "
+                            "endpoint names must be unique in a graph"
+                        )
+                    found[name] = (step, endpoint)
+        return found
+
     def _resolve_parent(self, parent: str) -> str:
         if parent in ("$prev", "$last"):
             if self._last is None:
@@ -191,6 +232,11 @@ class Graph:
                     raise GraphError(f"error handler '{handler.name}': before names unknown step '{target}'")
         if not self.roots():
             raise GraphError(f"graph '{self.name}' has no entry step: every step comes after another")
+        for name, (step, endpoint) in self.endpoints().items():
+            if endpoint.shared_model_name and endpoint.shared_model_name not in self.shared_models:
+                raise GraphError(
+                    f"step '{step.name}': proxy '{name}' names unknown shared model '{endpoint.shared_model_name}'"
+                )
         cycle = self.find_cycle()
         if cycle and not self.allow_cyclic:
             raise GraphError(
@@ -235,6 +281,10 @@ class Graph:
             spec["error_handlers"] = {name: step.to_dict() for name, step in self.error_handlers.items()}
         if self.on_error:
             spec["on_error"] = self.on_error
+        if self.shared_models:
+            spec["shared_models"] = {name: shared.to_dict() for name, shared in self.shared_models.items()}
+        if self.max_processes or self.max_threads:
+            spec["pool"] = {"max_processes": self.max_processes, "max_threads": self.max_threads}
         return spec
 
     @classmethod
@@ -246,6 +296,9 @@ class Graph:
             allow_cyclic=spec.get("allow_cyclic", False),
             max_iterations=spec.get("max_iterations", DEFAULT_MAX_ITERATIONS),
         )
+        for name, shared in spec.get("shared_models", {}).items():
+            graph.shared_models[name] = SharedModel.from_dict(name, shared)
+        graph.configure_pool_resource(**spec.get("pool", {}))
         for name, step_spec in spec.get("error_handlers", {}).items():
             handler = Step.from_dict(name, step_spec)
             handler.graph = graph

@@ -61,7 +61,7 @@ class GraphService(graph_pb2_grpc.GraphServicer):
             ],
             endpoints=[graph_pb2.Endpoint(**endpoint) for endpoint in self.engine.describe_endpoints()],
             mermaid=graph.plot(),
-            streaming=self.engine.streaming,
+            streaming=self.engine.can_stream,
         )
 
     async def _event(self, request: graph_pb2.InvokeRequest, context: grpc.aio.ServicerContext) -> Event:

@@ -1,0 +1,138 @@
+"""The ModelRunnerStep at run time: select models, run them concurrently, shape the output."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .callables import Context
+from .nodes import Node
+from .errors import ModelError, ServingError, describe
+from .event import Event, get_path, set_path, split_path
+from .hosting import ModelHandle
+from .imports import import_object
+from .models import Endpoint, EndpointName, ModelRunnerStep, ModelSelector
+
+
+class _Target:
+    """One endpoint, bound to the handle of the model that serves it."""
+
+    def __init__(self, endpoint: Endpoint, handle: ModelHandle, shared_paths: tuple[str | None, str | None]):
+        self.name = endpoint.name
+        self.handle = handle
+        self.proxy = endpoint.shared_model_name is not None
+        self.artifact = endpoint.model_artifact
+        self.input_path = endpoint.input_path or shared_paths[0]
+        self.input_keys = split_path(self.input_path)
+        self.result_keys = split_path(endpoint.result_path or shared_paths[1])
+
+    def argument(self, body: Any) -> Any:
+        return get_path(body, self.input_keys, self.input_path or "") if self.input_keys else body
+
+    def output(self, body: Any, result: Any, copy_body: bool) -> Any:
+        if not self.result_keys:
+            return result
+        return set_path(copy.deepcopy(body) if copy_body else body, self.result_keys, result)
+
+    async def call(self, body: Any) -> Any:
+        if self.proxy:
+            return await self.handle.call(body, self.name, self.artifact)
+        return await self.handle.call(body)
+
+    def stream(self, body: Any) -> AsyncIterator[Any]:
+        if self.proxy:
+            return self.handle.stream(body, self.name, self.artifact)
+        return self.handle.stream(body)
+
+
+class ModelRunnerNode(Node):
+    step_types = (ModelRunnerStep,)
+
+    def __init__(self, step: ModelRunnerStep, context: Context):  # type: ignore[override]
+        super().__init__(step, context)
+        hub = context.models
+        graph = step.graph
+        self.raise_exception = step.raise_exception
+        self.selector = _selector(step.model_selector)
+        self.targets: dict[str, _Target] = {}
+        for name, endpoint in step.endpoints.items():
+            if endpoint.shared_model_name is not None:
+                shared = graph.shared_models[endpoint.shared_model_name]  # type: ignore[union-attr]
+                handle = hub.handles[endpoint.shared_model_name]
+                self.targets[name] = _Target(endpoint, handle, (shared.input_path, shared.result_path))
+            else:
+                self.targets[name] = _Target(endpoint, hub.handles[name], (None, None))
+        self.available = [_endpoint_name(endpoint, graph) for endpoint in step.endpoints.values()]
+        self.can_stream = any(target.handle.streams for target in self.targets.values())
+
+    async def apply(self, event: Event) -> Any:
+        body = self.argument(event)
+        selected = await self._select(body)
+        if len(selected) == 1:
+            return self.merge(event, await self._run(selected[0], body, copy_body=False))
+        results = await asyncio.gather(*(self._run(target, body, copy_body=True) for target in selected))
+        return self.merge(event, {target.name: result for target, result in zip(selected, results, strict=True)})
+
+    async def chunks(self, event: Event) -> AsyncIterator[Any]:
+        """One streaming model selected: its chunks, as they come; otherwise the unary output."""
+        body = self.argument(event)
+        selected = await self._select(body)
+        if len(selected) != 1 or not selected[0].handle.streams:
+            yield await self.apply(event)
+            return
+        target = selected[0]
+        try:
+            async for chunk in target.stream(target.argument(body)):
+                yield self.merge(event, target.output(body, chunk, copy_body=True), copy_body=True)
+        except Exception as error:
+            if self.raise_exception:
+                raise self._failure(target, error) from error
+            yield self.merge(event, {"error": describe(error)}, copy_body=True)
+
+    async def _run(self, target: _Target, body: Any, copy_body: bool) -> Any:
+        try:
+            return target.output(body, await target.call(target.argument(body)), copy_body)
+        except Exception as error:
+            if self.raise_exception:
+                raise self._failure(target, error) from error
+            return {"error": describe(error)}
+
+    def _failure(self, target: _Target, error: Exception) -> ServingError:
+        return ModelError(self.name, target.name, error)
+
+    async def _select(self, body: Any) -> list[_Target]:
+        if self.selector is None:
+            return list(self.targets.values())
+        chosen = self.selector.select(body, list(self.available))
+        if inspect.isawaitable(chosen):
+            chosen = await chosen
+        if chosen is None:
+            return list(self.targets.values())
+        names = [chosen] if isinstance(chosen, str) else [getattr(item, "name", item) for item in chosen]
+        unknown = [name for name in names if name not in self.targets]
+        if unknown:
+            raise ServingError(
+                f"step '{self.name}': the model selector chose unknown models {unknown} "
+                f"(endpoints: {', '.join(self.targets)})"
+            )
+        return [self.targets[name] for name in names]
+
+
+def _selector(selector: Any) -> ModelSelector | None:
+    if isinstance(selector, str):
+        selector = import_object(selector, "model selector")
+    if inspect.isclass(selector):
+        selector = selector()
+    return selector
+
+
+def _endpoint_name(endpoint: Endpoint, graph: Any) -> EndpointName:
+    name = EndpointName(endpoint.name)
+    spec = endpoint.model or graph.shared_models[endpoint.shared_model_name].model
+    name.labels = dict(endpoint.labels)
+    name.model_class = spec.model_class.__name__
+    name.execution_mechanism = spec.execution_mechanism
+    return name

@@ -1,0 +1,151 @@
+"""Steps made ready to run: the engine's nodes.
+
+A node holds what a step needs per event (its callable, its paths, its outlets) so that running
+an event does no lookups. `TaskNode` runs user code, `RouterNode` picks a route by path; the model
+runner's node lives in `model_runner.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from .callables import Context, Mode, bind
+from .errors import NotFound
+from .event import Event, get_path, set_path, split_path
+from .steps import RouterStep, Step, TaskStep
+
+_END = object()
+
+
+class Node:
+    """A step made ready to run: its inputs and outputs resolved, its outlets wired."""
+
+    def __init__(self, step: Step, context: Context):
+        self.name = step.name
+        self.full_event = step.full_event
+        self.input_path = step.input_path
+        self.input_keys = split_path(step.input_path)
+        self.result_keys = split_path(step.result_path)
+        self.responder = step.responder
+        self.streams = False  # always sends chunks on (a generator step)
+        self.can_stream = False  # sends chunks on when the caller streams (a streaming model)
+        self.select_outlets: Callable[[Any], Any] | None = None
+        self.max_iterations: int | None = None
+        self.outlets: list[Node] = []
+        self.outlets_by_name: dict[str, Node] = {}
+        self.on_error: Node | None = None
+
+    async def start(self) -> None:
+        """Acquire what the node needs (models, workers) before the graph reports ready."""
+
+    async def stop(self) -> None:
+        """Release what `start` acquired."""
+
+    async def apply(self, event: Event) -> Any:
+        """Process one event and return the new body."""
+        raise NotImplementedError
+
+    def chunks(self, event: Event) -> AsyncIterator[Any]:
+        """For streaming nodes: the new bodies, one per chunk."""
+        raise NotImplementedError
+
+    def argument(self, event: Event) -> Any:
+        if self.full_event:
+            return event
+        if self.input_keys:
+            return get_path(event.body, self.input_keys, self.input_path or "")
+        return event.body
+
+    def merge(self, event: Event, result: Any, copy_body: bool = False) -> Any:
+        """The body after this step: the result, or the old body with the result at result_path."""
+        if isinstance(result, Event):
+            return result.body
+        if self.result_keys:
+            body = copy.deepcopy(event.body) if copy_body else event.body
+            return set_path(body, self.result_keys, result)
+        return result
+
+    def connect(self, outlets: list[Node]) -> None:
+        self.outlets = outlets
+        self.outlets_by_name = {node.name: node for node in outlets}
+
+
+class TaskNode(Node):
+    """Runs a function or a class's ``do``: sync, async, or a (sync or async) generator."""
+
+    def __init__(self, step: TaskStep, context: Context):  # type: ignore[override]
+        super().__init__(step, context)
+        self.call = bind(step, context)
+        self.streams = self.call.mode.streams
+        self.select_outlets = getattr(self.call.instance, "select_outlets", None)
+
+    async def apply(self, event: Event) -> Any:
+        result = self.call.fn(self.argument(event))
+        if self.call.mode is Mode.ASYNC:
+            result = await result
+        return self.merge(event, result)
+
+    async def chunks(self, event: Event) -> AsyncIterator[Any]:
+        produced = self.call.fn(self.argument(event))
+        if self.call.mode is Mode.ASYNC_GENERATOR:
+            async for chunk in produced:
+                yield self.merge(event, chunk, copy_body=True)
+            return
+        # A sync generator never yields the loop between chunks (nothing would reach the caller before it
+        # ends) and may block waiting for its next chunk (a model's token streamer): advance it in a thread.
+        try:
+            while (chunk := await asyncio.to_thread(next, produced, _END)) is not _END:
+                yield self.merge(event, chunk, copy_body=True)
+        finally:
+            with contextlib.suppress(ValueError):  # still running in its thread: closed when collected
+                produced.close()
+
+
+class RouterNode(Node):
+    """Hands each event to the route its path names (see `steps.RouterStep`)."""
+
+    def __init__(self, step: RouterStep, context: Context):  # type: ignore[override]
+        super().__init__(step, context)
+        self.routes = {key: TaskNode(self._as_route(step, route), context) for key, route in step.routes.items()}
+        self.streams = any(route.streams for route in self.routes.values())
+
+    @staticmethod
+    def _as_route(router: RouterStep, route: TaskStep) -> TaskStep:
+        """The route reads and writes the body where the router step says (routes have no paths of their own)."""
+        route = copy.copy(route)
+        route.full_event = router.full_event
+        route.input_path = router.input_path
+        route.result_path = router.result_path
+        return route
+
+    def route(self, path: str) -> TaskNode:
+        parts = [part for part in path.split("/") if part]
+        if parts[:2] == ["v2", "models"]:
+            parts = parts[2:]
+        if not parts and len(self.routes) == 1:
+            return next(iter(self.routes.values()))
+        known = ", ".join(self.routes) or "none"
+        if not parts:
+            raise NotFound(f"router '{self.name}': path '{path}' names no route (routes: {known})")
+        route = self.routes.get(parts[0])
+        if route is None:
+            raise NotFound(f"router '{self.name}' has no route '{parts[0]}' (routes: {known})")
+        return route
+
+    async def apply(self, event: Event) -> Any:
+        route = self.route(event.path)
+        if route.streams:
+            return [chunk async for chunk in route.chunks(event)]
+        return await route.apply(event)
+
+    async def chunks(self, event: Event) -> AsyncIterator[Any]:
+        route = self.route(event.path)
+        if route.streams:
+            async for chunk in route.chunks(event):
+                yield chunk
+        else:
+            yield await route.apply(event)

@@ -1,0 +1,95 @@
+"""A model loaded in this process and the one way to call it, in the router and in workers alike.
+
+Calls go preprocess → predict → postprocess. A model streams when its `predict` (or
+`predict_async`) is a generator; a unary call to a streaming model gets its chunks joined by the
+model's ``join_chunks`` (a list by default). Shared models learn the proxy a call came through
+when their predict takes ``endpoint`` / ``model_artifact`` keywords.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from servegraph.models import Model, ModelArtifact, ModelSpec, overrides
+
+
+class HostedModel:
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.instance: Model = spec.model_class(name=spec.name, model_artifact=spec.model_artifact, **spec.parameters)
+        self.is_async = prediction_method(spec) == "predict_async"
+        self.method: Callable[..., Any] = getattr(self.instance, prediction_method(spec))
+        self.streams = streams(spec)
+        self.takes_proxy = _accepts(self.method, "endpoint") and _accepts(self.method, "model_artifact")
+        self.preprocess = getattr(self.instance, "preprocess", None)
+        self.postprocess = getattr(self.instance, "postprocess", None)
+        self.join = getattr(self.instance, "join_chunks", list)
+
+    def load(self) -> None:
+        self.instance.load()
+
+    def _arguments(self, body: Any, endpoint: str | None, artifact: ModelArtifact | None) -> tuple[Any, dict]:
+        if self.preprocess is not None:
+            body = self.preprocess(body)
+        kwargs = {"endpoint": endpoint, "model_artifact": artifact} if endpoint and self.takes_proxy else {}
+        return body, kwargs
+
+    def _finish(self, result: Any) -> Any:
+        return self.postprocess(result) if self.postprocess is not None else result
+
+    # -- unary --------------------------------------------------------------------------------------
+    def predict(self, body: Any, endpoint: str | None = None, artifact: ModelArtifact | None = None) -> Any:
+        """For sync models (call from a thread when the model is slow)."""
+        body, kwargs = self._arguments(body, endpoint, artifact)
+        result = self.method(body, **kwargs)
+        if self.streams:
+            result = self.join(list(result))
+        return self._finish(result)
+
+    async def predict_async(self, body: Any, endpoint: str | None = None, artifact: ModelArtifact | None = None) -> Any:
+        body, kwargs = self._arguments(body, endpoint, artifact)
+        if self.streams:
+            result = self.join([chunk async for chunk in self.method(body, **kwargs)])
+        else:
+            result = await self.method(body, **kwargs)
+        return self._finish(result)
+
+    # -- streaming ----------------------------------------------------------------------------------
+    def stream(self, body: Any, endpoint: str | None = None, artifact: ModelArtifact | None = None) -> Iterator[Any]:
+        """Chunks of a sync streaming model (postprocess runs on each chunk)."""
+        body, kwargs = self._arguments(body, endpoint, artifact)
+        if not self.streams:
+            yield self._finish(self.method(body, **kwargs))
+            return
+        for chunk in self.method(body, **kwargs):
+            yield self._finish(chunk)
+
+    async def stream_async(
+        self, body: Any, endpoint: str | None = None, artifact: ModelArtifact | None = None
+    ) -> AsyncIterator[Any]:
+        body, kwargs = self._arguments(body, endpoint, artifact)
+        if not self.streams:
+            yield self._finish(await self.method(body, **kwargs))
+            return
+        async for chunk in self.method(body, **kwargs):
+            yield self._finish(chunk)
+
+
+def prediction_method(spec: ModelSpec) -> str:
+    """``predict_async`` for the asyncio mechanism and for models that define only it, else ``predict``."""
+    cls = spec.model_class
+    only_async = overrides(cls, "predict_async") and not overrides(cls, "predict")
+    return "predict_async" if spec.execution_mechanism == "asyncio" or only_async else "predict"
+
+
+def streams(spec: ModelSpec) -> bool:
+    """Whether calls stream: the prediction method is a generator (judged from the class alone)."""
+    method = getattr(spec.model_class, prediction_method(spec))
+    return inspect.isgeneratorfunction(method) or inspect.isasyncgenfunction(method)
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    params = inspect.signature(fn).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)

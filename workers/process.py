@@ -1,0 +1,196 @@
+"""One worker process as the router sees it: started, watched, restarted, stopped.
+
+The router spawns ``python -m servegraph.workers.worker`` (a fresh interpreter: never a fork of a
+process that has imported gRPC), hands it its models' declarations on stdin, relays its output to
+the log prefixed with its name, and talks to it over a Unix socket in a private directory. If the
+process dies, calls in flight fail with UNAVAILABLE, and it is started again with backoff; calls
+that arrive meanwhile wait for it (bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import grpc
+
+from servegraph.errors import GraphError, Unavailable
+from servegraph.models import ModelSpec
+from servegraph.v1 import worker_pb2_grpc
+
+from .worker import READY
+
+logger = logging.getLogger("servegraph.worker")
+
+START_TIMEOUT = float(os.environ.get("SERVEGRAPH_WORKER_START_TIMEOUT", "300"))
+"""Seconds a worker may take to load its models (LLMs load slowly on CPU)."""
+
+BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+class WorkerProcess:
+    def __init__(self, name: str, models: dict[str, ModelSpec], socket_dir: Path, *, device: str | None = None):
+        self.name = name
+        self.models = models
+        self.socket = str(socket_dir / f"{name}.sock")
+        self.device = device
+        self.stub: worker_pb2_grpc.WorkerStub | None = None
+        self.in_flight = 0
+        self.restarts = 0
+        self.ready = asyncio.Event()
+        self._process: asyncio.subprocess.Process | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._relay: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    async def start(self) -> None:
+        """Start the process and wait until its models have loaded; GraphError if they cannot."""
+        await self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        self._stopping = True
+        self.ready.clear()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await self._terminate(grace)
+
+    async def wait_ready(self, timeout: float) -> worker_pb2_grpc.WorkerStub:
+        """The stub of a live worker; UNAVAILABLE if it does not come back within `timeout`."""
+        if not self.ready.is_set():
+            try:
+                await asyncio.wait_for(self.ready.wait(), timeout)
+            except TimeoutError:
+                raise Unavailable(f"worker '{self.name}' is restarting and not ready yet") from None
+        assert self.stub is not None
+        return self.stub
+
+    def is_down(self) -> bool:
+        return not self.ready.is_set()
+
+    # -- internals ----------------------------------------------------------------------------------
+    async def _spawn(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket)
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "servegraph.workers.worker",
+            "--socket",
+            self.socket,
+            "--parent",
+            str(os.getpid()),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=self._environment(),
+        )
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps({name: spec.to_dict() for name, spec in self.models.items()}).encode())
+        self._process.stdin.close()
+        lines: list[str] = []
+        if not await self._read_until_ready(lines):
+            code = await self._process.wait()
+            detail = "".join(lines[-20:])
+            raise GraphError(f"worker '{self.name}' exited with code {code} while loading its models:\n{detail}")
+        self._channel = grpc.aio.insecure_channel(
+            f"unix:{self.socket}",
+            options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
+        )
+        self.stub = worker_pb2_grpc.WorkerStub(self._channel)
+        self._relay = asyncio.create_task(self._relay_output(), name=f"output-{self.name}")
+        self.ready.set()
+        logger.info("worker '%s' ready (pid %s, models: %s)", self.name, self.pid, ", ".join(self.models))
+
+    async def _read_until_ready(self, lines: list[str]) -> bool:
+        assert self._process is not None and self._process.stdout is not None
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                while line := await self._process.stdout.readline():
+                    text = line.decode(errors="replace")
+                    if text.rstrip() == READY:
+                        return True
+                    lines.append(text)
+                    logger.info("[%s] %s", self.name, text.rstrip())
+        except TimeoutError:
+            self._process.kill()
+            lines.append(f"(no ready signal within {START_TIMEOUT:.0f}s)\n")
+        return False
+
+    async def _relay_output(self) -> None:
+        process = self._process
+        assert process is not None and process.stdout is not None
+        while line := await process.stdout.readline():
+            logger.info("[%s] %s", self.name, line.decode(errors="replace").rstrip())
+
+    async def _supervise(self) -> None:
+        """Restart the worker whenever it dies, with growing pauses while it keeps dying."""
+        failures = 0
+        while True:
+            assert self._process is not None
+            code = await self._process.wait()
+            self.ready.clear()
+            await self._close_channel()
+            logger.warning("worker '%s' (pid %s) exited with code %s; restarting", self.name, self._process.pid, code)
+            while True:
+                await asyncio.sleep(BACKOFF[min(failures, len(BACKOFF) - 1)])
+                try:
+                    await self._spawn()
+                    break
+                except (GraphError, OSError) as error:
+                    failures += 1
+                    logger.error("restarting worker '%s' failed: %s", self.name, error)
+            self.restarts += 1
+            failures = 0
+
+    async def _terminate(self, grace: float) -> None:
+        process = self._process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        await self._close_channel()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket)
+
+    async def _close_channel(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+            self.stub = None
+
+    def _environment(self) -> dict[str, str]:
+        """The router's environment, its import path (so user modules import), one BLAS thread by default."""
+        env = dict(os.environ)
+        paths = [os.getcwd() if entry == "" else entry for entry in sys.path]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(variable, "1")
+        if self.device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = _visible_device(self.device)
+        return env
+
+
+def _visible_device(device: str) -> str:
+    """ "cuda:1" → "1"; "cpu" → "" (no GPU visible)."""
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        return index or "0"
+    return ""

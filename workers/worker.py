@@ -1,0 +1,164 @@
+"""The model worker process: loads its models, then serves `servegraph.v1.Worker` on a Unix socket.
+
+Started by the router as a fresh interpreter (``python -m servegraph.workers.worker``) with its
+models' declarations as JSON on stdin; models are imported by path and loaded here, never in the
+router. Sync predicts run on one worker thread, so a worker process handles one sync call at a
+time (scale with processes); async predicts run on the worker's event loop. The worker exits when
+its parent (the router) dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import uvloop
+
+from servegraph import codec
+from servegraph.errors import NotFound, ServingError, describe, status_of
+from servegraph.models import ModelArtifact, ModelSpec
+from servegraph.v1 import worker_pb2, worker_pb2_grpc
+
+from .host import HostedModel
+
+READY = "servegraph-worker: ready"
+"""The line a worker prints on stdout once every model has loaded and the socket is listening."""
+
+_END = object()
+
+
+class WorkerService(worker_pb2_grpc.WorkerServicer):
+    def __init__(self, models: dict[str, HostedModel]):
+        self.models = models
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="predict")
+        self.in_flight = 0
+
+    async def Predict(self, request: worker_pb2.PredictRequest, context: grpc.aio.ServicerContext) -> Any:
+        model, body, endpoint, artifact = await self._unpack(request, context)
+        self.in_flight += 1
+        try:
+            if model.is_async:
+                result = await model.predict_async(body, endpoint, artifact)
+            else:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(self.thread, model.predict, body, endpoint, artifact)
+            return worker_pb2.PredictResponse(result=codec.to_payload(result))
+        except Exception as exc:
+            await _abort(context, exc)
+        finally:
+            self.in_flight -= 1
+
+    async def PredictStream(
+        self, request: worker_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[worker_pb2.PredictResponse]:
+        model, body, endpoint, artifact = await self._unpack(request, context)
+        self.in_flight += 1
+        try:
+            if model.is_async:
+                chunks = model.stream_async(body, endpoint, artifact)
+            else:
+                chunks = self._in_thread(model.stream(body, endpoint, artifact))
+            async for chunk in chunks:
+                yield worker_pb2.PredictResponse(result=codec.to_payload(chunk))
+        except Exception as exc:
+            await _abort(context, exc)
+        finally:
+            self.in_flight -= 1
+
+    async def Status(self, request: worker_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> Any:
+        return worker_pb2.StatusResponse(
+            models={name: True for name in self.models}, pid=os.getpid(), in_flight=self.in_flight
+        )
+
+    async def _in_thread(self, chunks: Any) -> AsyncIterator[Any]:
+        """Advance a sync generator on the predict thread; stop it as soon as the caller goes away."""
+        loop = asyncio.get_running_loop()
+        try:
+            while (chunk := await loop.run_in_executor(self.thread, next, chunks, _END)) is not _END:
+                yield chunk
+        finally:
+            await loop.run_in_executor(self.thread, chunks.close)
+
+    async def _unpack(
+        self, request: worker_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> tuple[HostedModel, Any, str | None, ModelArtifact | None]:
+        model = self.models.get(request.model)
+        try:
+            if model is None:
+                raise NotFound(f"this worker has no model '{request.model}' (it hosts {', '.join(self.models)})")
+            body = codec.from_payload(request.body)
+            artifact = ModelArtifact.from_dict(codec.from_payload(request.artifact)) if request.endpoint else None
+        except ServingError as exc:
+            await _abort(context, exc)
+        return model, body, request.endpoint or None, artifact  # type: ignore[return-value]
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    if not isinstance(error, ServingError):
+        logging.getLogger("servegraph.worker").exception("predict failed")
+    await context.abort(grpc.StatusCode[status_of(error)], describe(error))
+
+
+def watch_parent(parent: int) -> None:
+    """Exit with the router: the kernel signals us when it dies (Linux), else a poll notices."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(0)
+
+    async def poll() -> None:
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+        os._exit(0)
+
+    asyncio.get_running_loop().create_task(poll())
+
+
+async def serve(socket: str, specs: dict[str, Any], parent: int) -> None:
+    watch_parent(parent)
+    models = {name: HostedModel(ModelSpec.from_dict(name, spec)) for name, spec in specs.items()}
+    for model in models.values():
+        model.load()
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+    worker_pb2_grpc.add_WorkerServicer_to_server(WorkerService(models), server)
+    server.add_insecure_port(f"unix:{socket}")
+    await server.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    print(READY, flush=True)
+    await stopping.wait()
+    await server.stop(1.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="servegraph-worker")
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s", stream=sys.stdout)
+    specs = json.load(sys.stdin)
+    try:
+        uvloop.run(serve(args.socket, specs, args.parent))
+    except Exception:
+        traceback.print_exc(file=sys.stdout)
+        sys.stdout.flush()
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
