@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from .callables import Context
-from .nodes import Node
 from .errors import ModelError, ServingError, describe
 from .event import Event, get_path, set_path, split_path
 from .hosting import ModelHandle
 from .imports import import_object
 from .models import Endpoint, EndpointName, ModelRunnerStep, ModelSelector
+from .nodes import Node
 
 
 class _Target:
