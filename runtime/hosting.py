@@ -10,7 +10,6 @@ runner never cares where a model lives.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -30,10 +29,9 @@ from .v1 import worker_pb2
 from .workers.host import HostedModel, streams
 from .workers.pool import WorkerPool
 from .workers.process import START_TIMEOUT, WorkerProcess
+from .workers.pump import ChunkPump
 
 logger = logging.getLogger("servegraph.models")
-
-_END = object()
 
 
 class ModelHandle:
@@ -93,13 +91,12 @@ class LocalHandle(ModelHandle):
                 yield chunk
             return
         chunks = self.model.stream(body, endpoint, artifact)
-        loop = asyncio.get_running_loop()
-        try:
-            while (chunk := await loop.run_in_executor(self.executor, next, chunks, _END)) is not _END:
+        if self.executor is None:  # naive: inline, as asked
+            for chunk in chunks:
                 yield chunk
-        finally:
-            with contextlib.suppress(ValueError):
-                chunks.close()
+            return
+        async for chunk in ChunkPump(chunks, self.executor):
+            yield chunk
 
 
 class WorkerHandle(ModelHandle):
@@ -126,6 +123,10 @@ class WorkerHandle(ModelHandle):
             response = await stub.Predict(request)
         except grpc.RpcError as error:
             raise self._failure(worker, error) from None
+        except asyncio.CancelledError:
+            if _cancelling():
+                raise
+            raise self._unavailable(worker) from None  # grpc.aio cancels calls cut by the dead worker's channel
         finally:
             worker.in_flight -= 1
         return codec.from_payload(response.result)
@@ -141,6 +142,10 @@ class WorkerHandle(ModelHandle):
                 yield codec.from_payload(response.result)
         except grpc.RpcError as error:
             raise self._failure(worker, error) from None
+        except asyncio.CancelledError:
+            if _cancelling():
+                raise
+            raise self._unavailable(worker) from None  # grpc.aio cancels calls cut by the dead worker's channel
         finally:
             worker.in_flight -= 1
             call.cancel()
@@ -148,11 +153,20 @@ class WorkerHandle(ModelHandle):
     def _failure(self, worker: WorkerProcess, error: grpc.RpcError) -> Exception:
         code = error.code()  # type: ignore[attr-defined]
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) or worker.is_down():
-            return Unavailable(
-                f"model '{self.spec.name}' is unavailable: its worker '{worker.name}' (pid {worker.pid}) "
-                "stopped during the call and is being restarted"
-            )
+            return self._unavailable(worker)
         return RemoteError(code.name, error.details() or code.name)  # type: ignore[attr-defined]
+
+    def _unavailable(self, worker: WorkerProcess) -> Unavailable:
+        return Unavailable(
+            f"model '{self.spec.name}' is unavailable: its worker '{worker.name}' (pid {worker.pid}) "
+            "stopped during the call and is being restarted"
+        )
+
+
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (a CancelledError not caused by someone else's close)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class ModelHub:

@@ -55,6 +55,9 @@ class ModelArtifact:
 
 ARTIFACT_KINDS: dict[str, type[ModelArtifact]] = {"model": ModelArtifact}
 
+BUILTIN_MODELS = {"LLModel": "servegraph.llm.LLModel"}
+"""Model classes that may be named without their module, as in MLRun (``model_class="LLModel"``)."""
+
 
 class Model:
     """Base class for models: override `load`, and `predict` and/or `predict_async`.
@@ -124,7 +127,8 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if isinstance(self.model_class, str):
-            self.model_class = import_object(self.model_class, "model class")
+            path = BUILTIN_MODELS.get(self.model_class, self.model_class)
+            self.model_class = import_object(path, "model class")
         if not (inspect.isclass(self.model_class) and issubclass(self.model_class, Model)):
             raise GraphError(f"model '{self.name}': model_class must be a servegraph Model subclass")
         if self.execution_mechanism not in EXECUTION_MECHANISMS:

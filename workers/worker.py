@@ -32,11 +32,8 @@ from servegraph.models import ModelArtifact, ModelSpec
 from servegraph.v1 import worker_pb2, worker_pb2_grpc
 
 from .host import HostedModel
-
-READY = "servegraph-worker: ready"
-"""The line a worker prints on stdout once every model has loaded and the socket is listening."""
-
-_END = object()
+from .process import READY  # not defined here: `python -m` would find this module imported by the package
+from .pump import ChunkPump
 
 
 class WorkerService(worker_pb2_grpc.WorkerServicer):
@@ -69,7 +66,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             if model.is_async:
                 chunks = model.stream_async(body, endpoint, artifact)
             else:
-                chunks = self._in_thread(model.stream(body, endpoint, artifact))
+                chunks = ChunkPump(model.stream(body, endpoint, artifact), self.thread).__aiter__()
             async for chunk in chunks:
                 yield worker_pb2.PredictResponse(result=codec.to_payload(chunk))
         except Exception as exc:
@@ -81,15 +78,6 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         return worker_pb2.StatusResponse(
             models={name: True for name in self.models}, pid=os.getpid(), in_flight=self.in_flight
         )
-
-    async def _in_thread(self, chunks: Any) -> AsyncIterator[Any]:
-        """Advance a sync generator on the predict thread; stop it as soon as the caller goes away."""
-        loop = asyncio.get_running_loop()
-        try:
-            while (chunk := await loop.run_in_executor(self.thread, next, chunks, _END)) is not _END:
-                yield chunk
-        finally:
-            await loop.run_in_executor(self.thread, chunks.close)
 
     async def _unpack(
         self, request: worker_pb2.PredictRequest, context: grpc.aio.ServicerContext
