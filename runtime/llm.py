@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import importlib.util
+import logging
 import os
 import string
 import threading
@@ -22,6 +23,8 @@ from typing import Any
 
 from .errors import GraphError, InvalidArgument
 from .models import ARTIFACT_KINDS, Model, ModelArtifact
+
+logger = logging.getLogger("servegraph.llm")
 
 OPENAI_SCHEME = "openai://"
 DEFAULT_MAX_TOKENS = 256
@@ -189,27 +192,36 @@ class TransformersProvider:
         top_p = float(config.get("top_p", 1.0))
         generated: list[int] = []
         text = ""
-        with torch.inference_mode():
-            ids, cache = prompt, None
-            for _ in range(max_tokens):
-                output = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
-                cache = output.past_key_values
-                token = _sample(torch, output.logits[0, -1], temperature, top_p)
-                if token in self.eos:
-                    break
-                generated.append(token)
-                decoded = self.tokenizer.decode(generated, skip_special_tokens=True)
-                if not decoded.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                    delta, text = decoded[len(text) :], decoded
-                    if delta:
-                        yield delta
-                ids = torch.tensor([[token]], device=self.device)
+        finished = False
+        try:
+            with torch.inference_mode():
+                ids, cache = prompt, None
+                for _ in range(max_tokens):
+                    output = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+                    cache = output.past_key_values
+                    token = _sample(torch, output.logits[0, -1], temperature, top_p)
+                    if token in self.eos:
+                        break
+                    generated.append(token)
+                    decoded = self.tokenizer.decode(generated, skip_special_tokens=True)
+                    if not decoded.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                        delta, text = decoded[len(text) :], decoded
+                        if delta:
+                            yield delta
+                    ids = torch.tensor([[token]], device=self.device)
+            finished = True
+        finally:
+            if not finished:
+                logger.info("generation stopped by the caller after %d tokens", len(generated))
+        answer = self.tokenizer.decode(generated, skip_special_tokens=True)
+        if answer[len(text) :]:  # text held back waiting for a character that never completed
+            yield answer[len(text) :]
         usage = {
             "prompt_tokens": int(prompt.shape[1]),
             "completion_tokens": len(generated),
             "total_tokens": int(prompt.shape[1]) + len(generated),
         }
-        yield {"answer": self.tokenizer.decode(generated, skip_special_tokens=True), "usage": usage}
+        yield {"answer": answer, "usage": usage}
 
     async def astream(self, messages: list[dict[str, str]], config: dict[str, Any]) -> AsyncIterator[Any]:
         """For the asyncio mechanism: each token is computed in a thread, off the event loop."""
