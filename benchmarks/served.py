@@ -55,3 +55,9 @@ if __name__ == "__main__":
     import uvloop
 
     uvloop.run(echo_server(int(sys.argv[1]) if len(sys.argv) > 1 else 0))
+
+
+smollm2 = sg.Graph("smollm2")
+llm = sg.ModelRunnerStep(name="llm")
+llm.add_model("smollm2", sg.LLModel, "dedicated_process", max_tokens=64)
+smollm2.to(llm).respond()

@@ -197,7 +197,7 @@ class TransformersProvider:
             with torch.inference_mode():
                 ids, cache = prompt, None
                 for _ in range(max_tokens):
-                    output = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+                    output = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
                     cache = output.past_key_values
                     token = _sample(torch, output.logits[0, -1], temperature, top_p)
                     if token in self.eos:
