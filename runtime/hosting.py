@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 
 from . import codec
-from .errors import DeadlineExceeded, RemoteError, Unavailable
+from .errors import DeadlineExceeded, GraphError, RemoteError, Unavailable
 from .graph import Graph
 from .models import ModelArtifact, ModelRunnerStep, ModelSpec
 from .v1 import worker_pb2
@@ -47,7 +47,7 @@ class ModelHandle:
             async with asyncio.timeout(self.timeout):
                 return await self._call(body, endpoint, artifact)
         except TimeoutError:
-            raise self._deadline() from None
+            raise self._deadline(endpoint) from None
 
     async def stream(
         self, body: Any, endpoint: str | None = None, artifact: ModelArtifact | None = None
@@ -57,10 +57,16 @@ class ModelHandle:
                 async for chunk in self._stream(body, endpoint, artifact):
                     yield chunk
         except TimeoutError:
-            raise self._deadline() from None
+            raise self._deadline(endpoint) from None
 
-    def _deadline(self) -> DeadlineExceeded:
-        return DeadlineExceeded(f"model '{self.spec.name}' did not answer within its {self.timeout}s timeout")
+    def _deadline(self, endpoint: str | None) -> DeadlineExceeded:
+        return DeadlineExceeded(f"model {self._named(endpoint)} did not answer within its {self.timeout}s timeout")
+
+    def _named(self, endpoint: str | None) -> str:
+        """How errors name the model: a shared model's proxy endpoint too, as the caller knows it by that."""
+        if endpoint and endpoint != self.spec.name:
+            return f"'{endpoint}' (shared model '{self.spec.name}')"
+        return f"'{self.spec.name}'"
 
     async def _call(self, body: Any, endpoint: str | None, artifact: ModelArtifact | None) -> Any:
         raise NotImplementedError
@@ -122,11 +128,11 @@ class WorkerHandle(ModelHandle):
         try:
             response = await stub.Predict(request)
         except grpc.RpcError as error:
-            raise self._failure(worker, error) from None
-        except asyncio.CancelledError:
+            raise self._failure(worker, error, endpoint) from None
+        except asyncio.CancelledError:  # grpc.aio cancels the calls cut by a dead worker's channel closing
             if _cancelling():
                 raise
-            raise self._unavailable(worker) from None  # grpc.aio cancels calls cut by the dead worker's channel
+            raise self._unavailable(worker, endpoint) from None
         finally:
             worker.in_flight -= 1
         return codec.from_payload(response.result)
@@ -141,24 +147,24 @@ class WorkerHandle(ModelHandle):
             async for response in call:
                 yield codec.from_payload(response.result)
         except grpc.RpcError as error:
-            raise self._failure(worker, error) from None
-        except asyncio.CancelledError:
+            raise self._failure(worker, error, endpoint) from None
+        except asyncio.CancelledError:  # grpc.aio cancels the calls cut by a dead worker's channel closing
             if _cancelling():
                 raise
-            raise self._unavailable(worker) from None  # grpc.aio cancels calls cut by the dead worker's channel
+            raise self._unavailable(worker, endpoint) from None
         finally:
             worker.in_flight -= 1
             call.cancel()
 
-    def _failure(self, worker: WorkerProcess, error: grpc.RpcError) -> Exception:
+    def _failure(self, worker: WorkerProcess, error: grpc.RpcError, endpoint: str | None) -> Exception:
         code = error.code()  # type: ignore[attr-defined]
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) or worker.is_down():
-            return self._unavailable(worker)
+            return self._unavailable(worker, endpoint)
         return RemoteError(code.name, error.details() or code.name)  # type: ignore[attr-defined]
 
-    def _unavailable(self, worker: WorkerProcess) -> Unavailable:
+    def _unavailable(self, worker: WorkerProcess, endpoint: str | None) -> Unavailable:
         return Unavailable(
-            f"model '{self.spec.name}' is unavailable: its worker '{worker.name}' (pid {worker.pid}) "
+            f"model {self._named(endpoint)} is unavailable: its worker '{worker.name}' (pid {worker.pid}) "
             "stopped during the call and is being restarted"
         )
 
@@ -186,6 +192,11 @@ class ModelHub:
         for name, shared in self.graph.shared_models.items():
             found[name] = (shared.model, None)
         for name, (step, endpoint) in self.graph.endpoints().items():
+            if endpoint.model is not None and name in self.graph.shared_models:  # handles are found by name
+                raise GraphError(
+                    f"step '{step.name}': model endpoint '{name}' has the name of a shared model; "
+                    "endpoint and shared model names must be unique in a graph"
+                )
             if endpoint.model is not None:
                 found[name] = (endpoint.model, step)
         return found

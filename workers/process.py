@@ -14,6 +14,8 @@ import contextlib
 import json
 import logging
 import os
+import select
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,14 +25,15 @@ from servegraph.errors import GraphError, Unavailable
 from servegraph.models import ModelSpec
 from servegraph.v1 import worker_pb2_grpc
 
-from .worker import READY
-
 logger = logging.getLogger("servegraph.worker")
 
 START_TIMEOUT = float(os.environ.get("SERVEGRAPH_WORKER_START_TIMEOUT", "300"))
 """Seconds a worker may take to load its models (LLMs load slowly on CPU)."""
 
 BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+READY = "servegraph-worker: ready"
+"""The line a worker prints on stdout once every model has loaded and the socket is listening."""
 
 
 class WorkerProcess:
@@ -43,7 +46,7 @@ class WorkerProcess:
         self.in_flight = 0
         self.restarts = 0
         self.ready = asyncio.Event()
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: _Child | None = None
         self._channel: grpc.aio.Channel | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._relay: asyncio.Task[None] | None = None
@@ -69,7 +72,8 @@ class WorkerProcess:
 
     async def wait_ready(self, timeout: float) -> worker_pb2_grpc.WorkerStub:
         """The stub of a live worker; UNAVAILABLE if it does not come back within `timeout`."""
-        if not self.ready.is_set():
+        if self.is_down():
+            self.ready.clear()  # died a moment ago: wait for the supervisor's restart rather than fail
             try:
                 await asyncio.wait_for(self.ready.wait(), timeout)
             except TimeoutError:
@@ -78,28 +82,19 @@ class WorkerProcess:
         return self.stub
 
     def is_down(self) -> bool:
-        return not self.ready.is_set()
+        return not self.ready.is_set() or (self._process is not None and self._process.exited())
 
     # -- internals ----------------------------------------------------------------------------------
     async def _spawn(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket)
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "servegraph.workers.worker",
-            "--socket",
-            self.socket,
-            "--parent",
-            str(os.getpid()),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=self._environment(),
+        self._process = _Child(
+            [sys.executable, "-m", "servegraph.workers.worker", "--socket", self.socket, "--parent", str(os.getpid())],
+            self._environment(),
         )
-        assert self._process.stdin is not None
-        self._process.stdin.write(json.dumps({name: spec.to_dict() for name, spec in self.models.items()}).encode())
-        self._process.stdin.close()
+        specs = json.dumps({name: spec.to_dict() for name, spec in self.models.items()}).encode()
+        with contextlib.suppress(BrokenPipeError):  # it died at once: its output tells why
+            await self._process.send(specs)
         lines: list[str] = []
         if not await self._read_until_ready(lines):
             code = await self._process.wait()
@@ -149,7 +144,7 @@ class WorkerProcess:
                 try:
                     await self._spawn()
                     break
-                except (GraphError, OSError) as error:
+                except Exception as error:  # keep supervising whatever went wrong
                     failures += 1
                     logger.error("restarting worker '%s' failed: %s", self.name, error)
             self.restarts += 1
@@ -181,11 +176,98 @@ class WorkerProcess:
         env = dict(os.environ)
         paths = [os.getcwd() if entry == "" else entry for entry in sys.path]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        env.setdefault("PYTHONUNBUFFERED", "1")  # a model's print() reaches the log when printed, not at exit
         for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env.setdefault(variable, "1")
         if self.device is not None:
             env["CUDA_VISIBLE_DEVICES"] = _visible_device(self.device)
         return env
+
+
+class _Child:
+    """A worker process started with `subprocess.Popen` and watched from the event loop without threads.
+
+    Not ``asyncio.create_subprocess_exec``: on uvloop that fork()s the router, whose gRPC threads
+    make the forked child crash now and then (SIGSEGV before exec, seen here about once in ten
+    restarts); Popen spawns with vfork/posix_spawn and runs no fork handlers. Its output goes to
+    `stdout` (a StreamReader); a pidfd tells when it exits.
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str]):
+        self.popen = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+        )
+        self.pid = self.popen.pid
+        self.stdout = asyncio.StreamReader(limit=1 << 20)
+        self._loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[int] = self._loop.create_future()
+        assert self.popen.stdout is not None
+        self._out = self.popen.stdout.fileno()
+        os.set_blocking(self._out, False)
+        self._loop.add_reader(self._out, self._read)
+        self._poll = select.poll()
+        try:
+            self._pidfd: int | None = os.pidfd_open(self.pid)
+            self._loop.add_reader(self._pidfd, self._reap)
+            self._poll.register(self._pidfd, select.POLLIN)
+        except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): a thread waits
+            self._pidfd = None
+            waiting = self._loop.run_in_executor(None, self.popen.wait)
+            waiting.add_done_callback(lambda _: self._reap())
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    async def send(self, data: bytes) -> None:
+        """Write `data` to its stdin and close it; BrokenPipeError if it has died already."""
+        if len(data) <= select.PIPE_BUF:  # fits in an empty pipe: the write cannot block
+            self._send(data)
+        else:
+            await asyncio.to_thread(self._send, data)
+
+    def _send(self, data: bytes) -> None:
+        assert self.popen.stdin is not None
+        with self.popen.stdin:
+            self.popen.stdin.write(data)
+
+    def exited(self) -> bool:
+        """Whether it has exited, even if the event loop has not run `_reap` yet (one poll(2) call)."""
+        return self._exited.done() or (self._pidfd is not None and bool(self._poll.poll(0)))
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+    def terminate(self) -> None:
+        self.popen.terminate()
+
+    def kill(self) -> None:
+        self.popen.kill()
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self._out, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.stdout.feed_data(data)
+            return
+        self._loop.remove_reader(self._out)
+        self.stdout.feed_eof()
+        assert self.popen.stdout is not None
+        self.popen.stdout.close()
+
+    def _reap(self) -> None:
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            self._poll.unregister(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        code = self.popen.wait()
+        if not self._exited.done():
+            self._exited.set_result(code)
 
 
 def _visible_device(device: str) -> str:

@@ -145,7 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc(file=sys.stdout)
         sys.stdout.flush()
         return 3
-    return 0
+    # Stopped (by the router, or because it died): exit now. A normal exit would first wait for a
+    # predict still running on the predict thread, however long it takes.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,188 @@
+"""Models and selectors for the model tests, importable by path ("model_zoo.Name") from worker processes.
+
+Every model reports where it ran (``pid``), how often `load` ran in that process (``loads``) and how
+many calls this instance has answered (``calls``), so tests can tell in-router from worker models,
+see state kept across calls and count loads per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections import Counter
+
+import numpy as np
+
+import servegraph as sg
+
+LOADS: Counter[str] = Counter()
+"""How many times `load` ran in this process, per model name."""
+
+
+class Echo(sg.Model):
+    """Returns the body with where and how often it ran; ``tag`` is a model parameter."""
+
+    def load(self) -> None:
+        LOADS[self.name] += 1
+        self.calls = 0
+        self.lock = threading.Lock()  # not picklable: the instance must stay where it loaded
+
+    def report(self, body):
+        with self.lock:
+            self.calls += 1
+            calls = self.calls
+        return {
+            "model": self.name,
+            "pid": os.getpid(),
+            "loads": LOADS[self.name],
+            "calls": calls,
+            "tag": self.get_param("tag"),
+            "loaded_here": sorted(LOADS),  # every model loaded in this process
+            "body": body,
+        }
+
+    def predict(self, body):
+        return self.report(body)
+
+
+class AsyncEcho(Echo):
+    """Only `predict_async` (runs on the event loop of its process)."""
+
+    predict = sg.Model.predict
+
+    async def predict_async(self, body):
+        await asyncio.sleep(0)
+        return self.report(body)
+
+
+class Failing(sg.Model):
+    def predict(self, body):
+        raise ValueError(f"bad input {body.get('x')}")
+
+
+class AsyncFailing(sg.Model):
+    async def predict_async(self, body):
+        raise ValueError(f"bad input {body.get('x')}")
+
+
+class Slow(sg.Model):
+    """Sleeps ``body["sleep"]`` seconds, then reports its pid."""
+
+    def predict(self, body):
+        time.sleep(float(body.get("sleep", 0)))
+        return {"pid": os.getpid(), "slept": body.get("sleep", 0)}
+
+
+class AsyncSlow(sg.Model):
+    async def predict_async(self, body):
+        await asyncio.sleep(float(body.get("sleep", 0)))
+        return {"pid": os.getpid(), "slept": body.get("sleep", 0)}
+
+
+class Wrapped(Echo):
+    """preprocess and postprocess run around predict, in the model's own process."""
+
+    def preprocess(self, body):
+        return {**body, "pre": os.getpid()}
+
+    def postprocess(self, result):
+        return {"post": os.getpid(), "result": result}
+
+
+class Shared(sg.Model):
+    """A shared model: learns which proxy a call came through."""
+
+    def load(self) -> None:
+        LOADS[self.name] += 1
+
+    def predict(self, body, endpoint=None, model_artifact=None):
+        time.sleep(float(body.get("sleep", 0)))
+        return {
+            "endpoint": endpoint,
+            "uri": model_artifact.uri if model_artifact else None,
+            "prompt": model_artifact.meta.get("prompt") if model_artifact else None,
+            "pid": os.getpid(),
+            "loads": LOADS[self.name],
+            "body": body,
+        }
+
+
+class Tokens(sg.Model):
+    """A generator predict: ``n`` chunks, ``delay`` seconds apart, each stamped with when it was made."""
+
+    def predict(self, body):
+        for i in range(int(body.get("n", 3))):
+            if i:
+                time.sleep(float(body.get("delay", 0)))
+            yield {"i": i, "at": time.time(), "pid": os.getpid()}
+
+
+class Printer(sg.Model):
+    """Writes to stdout and stderr, which the router relays to its log prefixed with the endpoint."""
+
+    def load(self) -> None:
+        print(f"printer loading in {os.getpid()}", flush=True)
+
+    def predict(self, body):
+        print(f"stdout says {body.get('word')}")
+        print(f"stderr says {body.get('word')}", file=sys.stderr)
+        return {"pid": os.getpid()}
+
+
+class BadLoad(sg.Model):
+    def load(self) -> None:
+        raise RuntimeError("weights are missing")
+
+    def predict(self, body):
+        return body
+
+
+class NoAsync(sg.Model):
+    """Has `predict` only: cannot run with the asyncio mechanism."""
+
+    def predict(self, body):
+        return body
+
+
+class Crunch(sg.Model):
+    """CPU-bound numpy work (a few ms per call with one BLAS thread)."""
+
+    def load(self) -> None:
+        rng = np.random.default_rng(0)
+        self.matrix = rng.standard_normal((self.get_param("size", 160),) * 2)
+
+    def predict(self, body):
+        m = self.matrix
+        for _ in range(int(body.get("rounds", 4))):
+            m = np.linalg.inv(m @ m.T + np.eye(len(m))) @ self.matrix
+        return {"pid": os.getpid(), "trace": float(np.trace(m))}
+
+
+# -- selectors ------------------------------------------------------------------------------------
+
+
+class PickByKey(sg.ModelSelector):
+    """Runs the models named in ``body["models"]`` (absent: all)."""
+
+    def select(self, event, available_models):
+        return event.get("models") if isinstance(event, dict) else None
+
+
+class ByLabel(sg.ModelSelector):
+    """Runs the models whose label ``key`` equals the body's value for it."""
+
+    def __init__(self, key: str = "tier"):
+        self.key = key
+
+    def select(self, event, available_models):
+        wanted = event.get(self.key)
+        return [name for name in available_models if name.labels.get(self.key) == wanted]
+
+
+class AsyncPick(sg.ModelSelector):
+    async def select(self, event, available_models):
+        await asyncio.sleep(0)
+        return [event["only"]]
