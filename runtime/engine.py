@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from .callables import Context
-from .errors import MaxIterationsError, ServingError, StepError
+from .errors import MaxIterationsError, NotFound, ServingError, StepError
 from .event import Event
 from .graph import DEFAULT_MAX_ITERATIONS, Graph
 from .hosting import ModelHub
@@ -83,6 +83,7 @@ class Engine:
         self.nodes: dict[str, Node] = {}
         self.handlers: dict[str, Node] = {}
         self.roots: list[Node] = []
+        self.runners: dict[str, ModelRunnerNode] = {}
         self.streaming = False  # some step always streams: unary calls collect the chunks
         self.can_stream = False  # some step or model streams when the caller asks for a stream
         self.ready = False
@@ -119,6 +120,12 @@ class Engine:
             step = graph.steps[node.name]
             node.max_iterations = step.max_iterations or graph.max_iterations or DEFAULT_MAX_ITERATIONS
         self.roots = [self.nodes[name] for name in graph.roots()]
+        self.runners = {
+            endpoint: node
+            for node in self.nodes.values()
+            if isinstance(node, ModelRunnerNode)
+            for endpoint in node.targets
+        }
         self.streaming = any(node.streams for node in self.nodes.values())
         self.can_stream = self.streaming or any(node.can_stream for node in self.nodes.values())
 
@@ -158,6 +165,28 @@ class Engine:
             if not producer.done():
                 producer.cancel()
                 await asyncio.gather(producer, return_exceptions=True)
+
+    # -- one model endpoint, outside the flow (V2 inference) ---------------------------------------
+    def _runner(self, endpoint: str) -> ModelRunnerNode:
+        runner = self.runners.get(endpoint)
+        if runner is None:
+            raise NotFound(f"the graph has no model endpoint '{endpoint}'")
+        return runner
+
+    async def call_endpoint(self, endpoint: str, body: Any) -> Any:
+        """Run one model endpoint on `body`, as its step would but without the step's selection."""
+        return await self._runner(endpoint).call_endpoint(endpoint, body)
+
+    def stream_endpoint(self, endpoint: str, body: Any) -> AsyncIterator[Any]:
+        return self._runner(endpoint).stream_endpoint(endpoint, body)
+
+    async def call_operation(self, endpoint: str, operation: str, body: Any) -> Any:
+        """A model's custom operation ``op_<operation>(body)`` (MLRun's ``/v2/models/<name>/<op>``)."""
+        return await self._runner(endpoint).call_operation(endpoint, operation, body)
+
+    def endpoint_ready(self, endpoint: str) -> bool:
+        runner = self.runners.get(endpoint)
+        return runner is None or runner.targets[endpoint].handle.ready()
 
     # -- the flow -------------------------------------------------------------------------------
     async def _enter(self, event: Event, call: _Call) -> None:

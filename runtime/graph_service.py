@@ -10,6 +10,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from . import codec
+from .dataplane import DataPlane
 from .engine import Engine
 from .errors import ServingError, Unavailable
 from .event import Event
@@ -21,13 +22,17 @@ REQUEST_ID_HEADER = "x-request-id"
 
 
 class GraphService(graph_pb2_grpc.GraphServicer):
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, dataplane: DataPlane):
         self.engine = engine
+        self.dataplane = dataplane
 
     async def Invoke(self, request: graph_pb2.InvokeRequest, context: grpc.aio.ServicerContext) -> Any:
         event = await self._event(request, context)
         try:
-            result = await self.engine.run(event)
+            if event.path.startswith("/v2/") and self.dataplane.handles(event.path):
+                result = await self.dataplane.invoke_path(event)
+            else:
+                result = await self.engine.run(event)
         except Exception as exc:
             await _abort(context, exc, event)
         return _response(event.id, result)

@@ -42,12 +42,22 @@ class ModelHandle:
         self.streams = streams
         self.timeout = spec.timeout
 
-    async def call(self, body: Any, endpoint: str | None = None, artifact: ModelArtifact | None = None) -> Any:
+    async def call(
+        self,
+        body: Any,
+        endpoint: str | None = None,
+        artifact: ModelArtifact | None = None,
+        operation: str | None = None,
+    ) -> Any:
+        """The model's predict on `body` (or its custom ``op_<operation>``)."""
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._call(body, endpoint, artifact)
+                return await self._call(body, endpoint, artifact, operation)
         except TimeoutError:
             raise self._deadline(endpoint) from None
+
+    def ready(self) -> bool:
+        return True
 
     async def stream(
         self, body: Any, endpoint: str | None = None, artifact: ModelArtifact | None = None
@@ -68,7 +78,9 @@ class ModelHandle:
             return f"'{endpoint}' (shared model '{self.spec.name}')"
         return f"'{self.spec.name}'"
 
-    async def _call(self, body: Any, endpoint: str | None, artifact: ModelArtifact | None) -> Any:
+    async def _call(
+        self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, operation: str | None
+    ) -> Any:
         raise NotImplementedError
 
     def _stream(self, body: Any, endpoint: str | None, artifact: ModelArtifact | None) -> AsyncIterator[Any]:
@@ -83,7 +95,11 @@ class LocalHandle(ModelHandle):
         self.model = model
         self.executor = executor
 
-    async def _call(self, body: Any, endpoint: str | None, artifact: ModelArtifact | None) -> Any:
+    async def _call(
+        self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, operation: str | None
+    ) -> Any:
+        if operation:
+            return await self.model.operation(operation, body)
         if self.model.is_async:
             return await self.model.predict_async(body, endpoint, artifact)
         if self.executor is None:
@@ -112,16 +128,23 @@ class WorkerHandle(ModelHandle):
         super().__init__(spec, streams)
         self.workers = workers
 
-    def _request(self, body: Any, endpoint: str | None, artifact: ModelArtifact | None) -> worker_pb2.PredictRequest:
-        request = worker_pb2.PredictRequest(model=self.spec.name)
+    def ready(self) -> bool:
+        return any(not worker.is_down() for worker in self.workers.processes)
+
+    def _request(
+        self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, operation: str | None = None
+    ) -> worker_pb2.PredictRequest:
+        request = worker_pb2.PredictRequest(model=self.spec.name, operation=operation or "")
         codec.to_payload(body, request.body)
         if endpoint:
             request.endpoint = endpoint
             codec.to_payload(artifact.to_dict() if artifact else None, request.artifact)
         return request
 
-    async def _call(self, body: Any, endpoint: str | None, artifact: ModelArtifact | None) -> Any:
-        request = self._request(body, endpoint, artifact)
+    async def _call(
+        self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, operation: str | None
+    ) -> Any:
+        request = self._request(body, endpoint, artifact, operation)
         worker = self.workers.pick()
         stub = await worker.wait_ready(self.timeout or START_TIMEOUT)
         worker.in_flight += 1

@@ -13,7 +13,7 @@ from .errors import ModelError, ServingError, describe
 from .event import Event, get_path, set_path, split_path
 from .hosting import ModelHandle
 from .imports import import_object
-from .models import Endpoint, EndpointName, ModelRunnerStep, ModelSelector
+from .models import Endpoint, EndpointName, ModelArtifact, ModelRunnerStep, ModelSelector
 from .nodes import Node
 
 
@@ -37,15 +37,15 @@ class _Target:
             return result
         return set_path(copy.deepcopy(body) if copy_body else body, self.result_keys, result)
 
+    def proxy_arguments(self) -> tuple[str | None, ModelArtifact | None]:
+        """What tells a shared model which proxy a call came through (nothing for its own model)."""
+        return (self.name, self.artifact) if self.proxy else (None, None)
+
     async def call(self, body: Any) -> Any:
-        if self.proxy:
-            return await self.handle.call(body, self.name, self.artifact)
-        return await self.handle.call(body)
+        return await self.handle.call(body, *self.proxy_arguments())
 
     def stream(self, body: Any) -> AsyncIterator[Any]:
-        if self.proxy:
-            return self.handle.stream(body, self.name, self.artifact)
-        return self.handle.stream(body)
+        return self.handle.stream(body, *self.proxy_arguments())
 
 
 class ModelRunnerNode(Node):
@@ -91,6 +91,29 @@ class ModelRunnerNode(Node):
             if self.raise_exception:
                 raise self._failure(target, error) from error
             yield self.merge(event, {"error": describe(error)}, copy_body=True)
+
+    async def call_endpoint(self, endpoint: str, body: Any) -> Any:
+        """One endpoint's model on `body`, outside the flow (V2 inference): no selection, no paths."""
+        target = self.targets[endpoint]
+        try:
+            return await target.handle.call(body, *target.proxy_arguments())
+        except Exception as error:
+            raise self._failure(target, error) from error
+
+    async def stream_endpoint(self, endpoint: str, body: Any) -> AsyncIterator[Any]:
+        target = self.targets[endpoint]
+        try:
+            async for chunk in target.handle.stream(body, *target.proxy_arguments()):
+                yield chunk
+        except Exception as error:
+            raise self._failure(target, error) from error
+
+    async def call_operation(self, endpoint: str, operation: str, body: Any) -> Any:
+        target = self.targets[endpoint]
+        try:
+            return await target.handle.call(body, *target.proxy_arguments(), operation=operation)
+        except Exception as error:
+            raise self._failure(target, error) from error
 
     async def _run(self, target: _Target, body: Any, copy_body: bool) -> Any:
         try:

@@ -13,9 +13,12 @@ import signal
 from collections.abc import Callable
 
 import grpc
+from google.protobuf import descriptor, descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from . import v2_protocol, v2_service
+from .dataplane import DataPlane
 from .engine import Engine
 from .graph import Graph
 from .graph_service import GraphService
@@ -53,11 +56,19 @@ class Router:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        graph_pb2_grpc.add_GraphServicer_to_server(GraphService(self.engine), self.server)
+        dataplane = DataPlane(self.engine)
+        graph_pb2_grpc.add_GraphServicer_to_server(GraphService(self.engine, dataplane), self.server)
+        v2_service.add_to_server(v2_service.InferenceService(dataplane), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            [GRAPH_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            [
+                GRAPH_SERVICE,
+                v2_protocol.SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
             self.server,
+            pool=reflection_pool(),
         )
 
     async def start(self) -> int:
@@ -84,6 +95,25 @@ class Router:
     async def _set_health(self, status: int) -> None:
         await self.health.set("", status)
         await self.health.set(GRAPH_SERVICE, status)
+
+
+def reflection_pool() -> descriptor_pool.DescriptorPool:
+    """Every served service in one pool, the V2 contract included (it is not in the default pool)."""
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file: descriptor.FileDescriptor) -> None:
+        if file.name in added:
+            return
+        for dependency in file.dependencies:
+            add(dependency)
+        pool.Add(descriptor_pb2.FileDescriptorProto.FromString(file.serialized_pb))
+        added.add(file.name)
+
+    for file in (graph_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+        add(file)
+    pool.Add(descriptor_pb2.FileDescriptorProto.FromString(v2_protocol.FILE.serialized_pb))
+    return pool
 
 
 def _bracket(host: str) -> str:

@@ -12,6 +12,7 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+from servegraph.errors import NotFound
 from servegraph.models import Model, ModelArtifact, ModelSpec, overrides
 
 
@@ -55,6 +56,14 @@ class HostedModel:
         else:
             result = await self.method(body, **kwargs)
         return self._finish(result)
+
+    async def operation(self, name: str, body: Any) -> Any:
+        """A custom operation, ``op_<name>(body)`` on the model (sync or async)."""
+        method = getattr(self.instance, f"op_{name}", None)
+        if not callable(method):
+            raise NotFound(f"model '{self.spec.name}' has no operation '{name}' (define op_{name})")
+        result = method(body)
+        return await result if inspect.isawaitable(result) else result
 
     # -- streaming ----------------------------------------------------------------------------------
     def stream(self, body: Any, endpoint: str | None = None, artifact: ModelArtifact | None = None) -> Iterator[Any]:

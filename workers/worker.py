@@ -46,7 +46,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         model, body, endpoint, artifact = await self._unpack(request, context)
         self.in_flight += 1
         try:
-            if model.is_async:
+            if request.operation:
+                result = await model.operation(request.operation, body)
+            elif model.is_async:
                 result = await model.predict_async(body, endpoint, artifact)
             else:
                 loop = asyncio.get_running_loop()

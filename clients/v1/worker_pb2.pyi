@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "body", "request_id", "endpoint", "artifact")
+    __slots__ = ("model", "body", "request_id", "endpoint", "artifact", "operation")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
     model: str
     body: _types_pb2.Payload
     request_id: str
     endpoint: str
     artifact: _types_pb2.Payload
-    def __init__(self, model: _Optional[str] = ..., body: _Optional[_Union[_types_pb2.Payload, _Mapping]] = ..., request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., artifact: _Optional[_Union[_types_pb2.Payload, _Mapping]] = ...) -> None: ...
+    operation: str
+    def __init__(self, model: _Optional[str] = ..., body: _Optional[_Union[_types_pb2.Payload, _Mapping]] = ..., request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., artifact: _Optional[_Union[_types_pb2.Payload, _Mapping]] = ..., operation: _Optional[str] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("result",)

@@ -1,0 +1,173 @@
+"""`inference.GRPCInferenceService` over gRPC: a thin adapter from V2 messages to the data plane.
+
+The service is registered by method path with a generic handler, its messages built from the
+private descriptor pool of `v2_protocol` (never the default pool: tritonclient owns those names in
+a process that imports both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from .dataplane import DataPlane
+from .errors import ServingError, describe, status_of
+from .v2_protocol import (
+    SERVICE,
+    ModelInferResponse,
+    ModelStreamInferResponse,
+    decode_inputs,
+    fill_response,
+    message,
+)
+
+logger = logging.getLogger("servegraph.v2")
+
+FINAL = "triton_final_response"
+
+
+class InferenceService:
+    def __init__(self, dataplane: DataPlane):
+        self.dataplane = dataplane
+
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return message("ServerLiveResponse")(live=True)
+
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return message("ServerReadyResponse")(ready=self.dataplane.ready())
+
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        ready = await self._guard(context, lambda: self.dataplane.model_ready(request.name))
+        return message("ModelReadyResponse")(ready=ready)
+
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return message("ServerMetadataResponse")(**self.dataplane.server_metadata())
+
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        metadata = await self._guard(context, lambda: self.dataplane.model_metadata(request.name))
+        return message("ModelMetadataResponse")(**metadata)
+
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await self._infer(request)
+        except Exception as error:
+            await _abort(context, error)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """Requests run concurrently; each answers with one response per chunk, then a final one.
+
+        A failing request answers with ``error_message`` and the stream goes on.
+        """
+        responses: asyncio.Queue[Any] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def serve(request: Any) -> None:
+            try:
+                async for outputs in self.dataplane.infer_stream(
+                    request.model_name, decode_inputs(request), request.id
+                ):
+                    response = _response(request)
+                    fill_response(response, outputs, raw=bool(request.raw_input_contents))
+                    response.parameters[FINAL].bool_param = False
+                    await responses.put(ModelStreamInferResponse(infer_response=response))
+                final = _response(request)
+                final.parameters[FINAL].bool_param = True
+                await responses.put(ModelStreamInferResponse(infer_response=final))
+            except Exception as error:
+                _log(error)
+                await responses.put(
+                    ModelStreamInferResponse(error_message=describe_error(error), infer_response=_response(request))
+                )
+
+        async def read() -> None:
+            async for request in requests:
+                task = asyncio.create_task(serve(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.gather(*running)
+            await responses.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await responses.get()) is not None:
+                yield response
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "model statistics are not collected yet")
+
+    async def _infer(self, request: Any) -> Any:
+        outputs = await self.dataplane.infer(request.model_name, decode_inputs(request), request.id or None)
+        wanted = {output.name for output in request.outputs}
+        if wanted:
+            outputs = [tensor for tensor in outputs if tensor.name in wanted]
+        response = _response(request)
+        fill_response(response, outputs, raw=bool(request.raw_input_contents))
+        return response
+
+    async def _guard(self, context: grpc.aio.ServicerContext, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except Exception as error:
+            await _abort(context, error)
+
+
+def _response(request: Any) -> Any:
+    return ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+
+
+def describe_error(error: Exception) -> str:
+    return str(error) if isinstance(error, ServingError) else describe(error)
+
+
+def _log(error: Exception) -> None:
+    if not isinstance(error, ServingError):
+        logger.exception("V2 request failed unexpectedly", exc_info=error)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    _log(error)
+    await context.abort(grpc.StatusCode[status_of(error)], describe_error(error))
+
+
+_METHODS = {
+    "ServerLive": ("ServerLiveRequest", "unary"),
+    "ServerReady": ("ServerReadyRequest", "unary"),
+    "ModelReady": ("ModelReadyRequest", "unary"),
+    "ServerMetadata": ("ServerMetadataRequest", "unary"),
+    "ModelMetadata": ("ModelMetadataRequest", "unary"),
+    "ModelInfer": ("ModelInferRequest", "unary"),
+    "ModelStreamInfer": ("ModelInferRequest", "stream"),
+    "ModelStatistics": ("ModelStatisticsRequest", "unary"),
+}
+
+
+def add_to_server(service: InferenceService, server: grpc.aio.Server) -> None:
+    """Register every method under its V2 path, e.g. /inference.GRPCInferenceService/ModelInfer."""
+    handlers = {}
+    for name, (request_type, kind) in _METHODS.items():
+        deserialize = message(request_type).FromString
+        serialize = _serialize
+        if kind == "unary":
+            handlers[name] = grpc.unary_unary_rpc_method_handler(
+                getattr(service, name), request_deserializer=deserialize, response_serializer=serialize
+            )
+        else:
+            handlers[name] = grpc.stream_stream_rpc_method_handler(
+                getattr(service, name), request_deserializer=deserialize, response_serializer=serialize
+            )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+
+def _serialize(response: Any) -> bytes:
+    return response.SerializeToString()
