@@ -61,3 +61,15 @@ smollm2 = sg.Graph("smollm2")
 llm = sg.ModelRunnerStep(name="llm")
 llm.add_model("smollm2", sg.LLModel, "dedicated_process", max_tokens=64)
 smollm2.to(llm).respond()
+
+
+class Identity(sg.Model):
+    def predict(self, body):
+        return body["inputs"][0]
+
+
+v2_models = sg.Graph("v2-models")
+v2_runner = sg.ModelRunnerStep(name="models")
+v2_runner.add_model("in_router", Identity, "naive")
+v2_runner.add_model("in_worker", Identity, "dedicated_process")
+v2_models.to(v2_runner).respond()
