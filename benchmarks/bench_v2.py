@@ -65,9 +65,10 @@ def main() -> None:
                     if concurrency == 8
                     else ""
                 )
+                p50, p99 = percentile(latencies, 0.5) * 1e3, percentile(latencies, 0.99) * 1e3
                 print(
-                    f"{model:>9} x{concurrency}: {rate:7.0f} req/s   p50 {percentile(latencies, 0.5) * 1e3:5.2f} ms"
-                    f"   p99 {percentile(latencies, 0.99) * 1e3:5.2f} ms   router CPU {cost * 1e6:4.0f} us/req{reference}"
+                    f"{model:>9} x{concurrency}: {rate:7.0f} req/s   p50 {p50:5.2f} ms   p99 {p99:5.2f} ms"
+                    f"   router CPU {cost * 1e6:4.0f} us/req{reference}"
                 )
 
 

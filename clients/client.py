@@ -51,6 +51,13 @@ def _description(response: graph_pb2.DescribeResponse) -> dict[str, Any]:
     return description
 
 
+def _stats(response: graph_pb2.StatsResponse) -> list[dict[str, Any]]:
+    return [
+        json_format.MessageToDict(row, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        for row in response.endpoints
+    ]
+
+
 class Client:
     """Blocking client: ``with Client("127.0.0.1:50051") as c: c.invoke({"question": "hi"})``."""
 
@@ -100,6 +107,14 @@ class Client:
             return _description(self._stub.Describe(graph_pb2.DescribeRequest(), timeout=self.timeout))
         except grpc.RpcError as error:
             raise _error(error) from None
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Per model endpoint: requests, failures, p50/p99 latency (ms), tokens in and out."""
+        try:
+            response = self._stub.Stats(graph_pb2.StatsRequest(), timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        return _stats(response)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Block until the server reports SERVING (every model loaded); TimeoutError after `timeout`."""
@@ -175,6 +190,13 @@ class AsyncClient:
             return _description(await self._stub.Describe(graph_pb2.DescribeRequest(), timeout=self.timeout))
         except grpc.RpcError as error:
             raise _error(error) from None
+
+    async def stats(self) -> list[dict[str, Any]]:
+        try:
+            response = await self._stub.Stats(graph_pb2.StatsRequest(), timeout=self.timeout)
+        except grpc.RpcError as error:
+            raise _error(error) from None
+        return _stats(response)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         health = health_pb2_grpc.HealthStub(self.channel)

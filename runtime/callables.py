@@ -37,6 +37,8 @@ class Context:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("servegraph.steps"))
     models: Any = None
     """The graph's `hosting.ModelHub` once the engine has started."""
+    monitor: Any = None
+    """The router's `monitoring.Monitor`, when the graph is observed."""
 
 
 @dataclass

@@ -52,10 +52,21 @@ def _serve(args: argparse.Namespace) -> int:
 
     graph = load_graph(args.target)
 
-    def ready(port: int) -> None:
-        print(f"servegraph: serving graph '{graph.name}' on {args.host}:{port}", flush=True)
+    def ready(served: router.Router) -> None:
+        if served.metrics_port is not None:
+            print(f"servegraph: metrics on http://{args.host}:{served.metrics_port}/metrics", flush=True)
+        print(f"servegraph: serving graph '{graph.name}' on {args.host}:{served.port}", flush=True)
 
-    router.run(graph, args.host, args.port, max_message_mb=args.max_message_mb, grace=args.grace, on_ready=ready)
+    router.run(
+        graph,
+        args.host,
+        args.port,
+        max_message_mb=args.max_message_mb,
+        grace=args.grace,
+        metrics_port=args.metrics_port,
+        records=args.records,
+        on_ready=ready,
+    )
     return 0
 
 
@@ -80,6 +91,21 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats(args: argparse.Namespace) -> int:
+    from servegraph.clients import Client
+
+    with Client(args.address, timeout=args.timeout) as client:
+        endpoints = client.stats()
+    columns = ("requests", "failures", "p50 ms", "p99 ms", "tokens in", "tokens out")
+    print(f"{'endpoint':<24} " + " ".join(f"{column:>10}" for column in columns))
+    for row in endpoints:
+        print(
+            f"{row['name']:<24} {row['requests']:>10} {row['failures']:>10} {row['p50_ms']:>10.2f}"
+            f" {row['p99_ms']:>10.2f} {row['tokens_in']:>10} {row['tokens_out']:>10}"
+        )
+    return 0
+
+
 def _plot(args: argparse.Namespace) -> int:
     print(load_graph(args.target).plot(), end="")
     return 0
@@ -99,11 +125,16 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port (printed)")
     serve.add_argument("--max-message-mb", type=int, default=DEFAULT_MAX_MESSAGE_MB)
     serve.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on shutdown")
+    serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    serve.add_argument(
+        "--records", default=None, help="file for per-call monitoring records (default servegraph-records/GRAPH.jsonl)"
+    )
     serve.set_defaults(run=_serve)
 
     for name, run, help_text in (
         ("invoke", _invoke, "send one event to a served graph"),
         ("describe", _describe, "show a served graph's steps and endpoints"),
+        ("stats", _stats, "show a served graph's model endpoints: counts, latency, tokens"),
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--address", default=DEFAULT_ADDRESS)

@@ -101,12 +101,37 @@ class DataPlane:
             "outputs": model.outputs,
         }
 
+    def statistics(self, name: str = "") -> list[dict[str, Any]]:
+        """Triton's ModelStatistics for one model (or every model endpoint when `name` is empty)."""
+        names = [self.model(name).name] if name else [n for n, m in self.models.items() if m.kind != "graph"]
+        monitor = self.engine.monitor
+        result = []
+        for model in names:
+            stats = monitor.stats.get(model) if monitor is not None else None
+            if stats is None:
+                result.append({"name": model})
+                continue
+            succeeded = stats.requests - stats.failures
+            result.append(
+                {
+                    "name": model,
+                    "last_inference": stats.last_ms,
+                    "inference_count": succeeded,
+                    "execution_count": succeeded,
+                    "inference_stats": {
+                        "success": {"count": succeeded, "ns": stats.total_ns},
+                        "fail": {"count": stats.failures, "ns": stats.failed_ns},
+                    },
+                }
+            )
+        return result
+
     # -- inference -------------------------------------------------------------------------------------
     async def infer(self, name: str, inputs: list[Tensor], request_id: str | None = None) -> list[Tensor]:
         model = self.model(name)
         body = self._body(model, inputs)
         if model.kind in ("model", "proxy"):
-            result = await self.engine.call_endpoint(name, body)
+            result = await self.engine.call_endpoint(name, body, request_id or "")
         else:
             result = await self.engine.run(self._event(model, body, request_id))
         return to_tensors(result, model.output_names)
@@ -118,7 +143,7 @@ class DataPlane:
         model = self.model(name)
         body = self._body(model, inputs)
         if model.kind in ("model", "proxy"):
-            chunks = self.engine.stream_endpoint(name, body)
+            chunks = self.engine.stream_endpoint(name, body, request_id or "")
         else:
             chunks = self.engine.stream(self._event(model, body, request_id))
         async for chunk in chunks:
@@ -183,7 +208,7 @@ class DataPlane:
             return reply
         model = self.model(name)  # MLRun's form: raw values, the model's result as "outputs"
         if model.kind in ("model", "proxy"):
-            reply["outputs"] = await self.engine.call_endpoint(name, body)
+            reply["outputs"] = await self.engine.call_endpoint(name, body, event.id)
         else:
             reply["outputs"] = await self.engine.run(self._event(model, body, event.id))
         return reply

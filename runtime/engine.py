@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from .graph import DEFAULT_MAX_ITERATIONS, Graph
 from .hosting import ModelHub
 from .model_runner import ModelRunnerNode
 from .models import ModelRunnerStep
+from .monitoring import Monitor
 from .nodes import Node, RouterNode, TaskNode
 from .steps import COMPLETE, RouterStep, Step, TaskStep
 
@@ -75,10 +77,11 @@ class _Call:
 class Engine:
     """Runs a validated Graph: ``await start()``, then `run` or `stream` events, then ``await stop()``."""
 
-    def __init__(self, graph: Graph, *, context: Context | None = None):
+    def __init__(self, graph: Graph, *, context: Context | None = None, monitor: Monitor | None = None):
         graph.validate()
         self.graph = graph
         self.context = context or Context(graph.name)
+        self.context.monitor = self.monitor = monitor
         self.models = ModelHub(graph)
         self.nodes: dict[str, Node] = {}
         self.handlers: dict[str, Node] = {}
@@ -173,12 +176,12 @@ class Engine:
             raise NotFound(f"the graph has no model endpoint '{endpoint}'")
         return runner
 
-    async def call_endpoint(self, endpoint: str, body: Any) -> Any:
+    async def call_endpoint(self, endpoint: str, body: Any, request_id: str = "") -> Any:
         """Run one model endpoint on `body`, as its step would but without the step's selection."""
-        return await self._runner(endpoint).call_endpoint(endpoint, body)
+        return await self._runner(endpoint).call_endpoint(endpoint, body, request_id)
 
-    def stream_endpoint(self, endpoint: str, body: Any) -> AsyncIterator[Any]:
-        return self._runner(endpoint).stream_endpoint(endpoint, body)
+    def stream_endpoint(self, endpoint: str, body: Any, request_id: str = "") -> AsyncIterator[Any]:
+        return self._runner(endpoint).stream_endpoint(endpoint, body, request_id)
 
     async def call_operation(self, endpoint: str, operation: str, body: Any) -> Any:
         """A model's custom operation ``op_<operation>(body)`` (MLRun's ``/v2/models/<name>/<op>``)."""
@@ -206,8 +209,11 @@ class Engine:
                 streams = node.streams or (node.can_stream and call.streaming)
                 if streams:
                     chunks = node.chunks(event)
-                else:
+                elif self.monitor is None:
                     event.body = await node.apply(event)
+                else:
+                    event.body = await self._timed(node, event)
+                if not streams:
                     outlets = await self._select(node, event, call)
             except Exception as exc:
                 node, event = self._recover(node, event, exc)
@@ -222,6 +228,16 @@ class Engine:
                 return
             else:
                 return
+
+    async def _timed(self, node: Node, event: Event) -> Any:
+        started = time.perf_counter()
+        try:
+            body = await node.apply(event)
+        except Exception:
+            self.monitor.step(node.name, time.perf_counter() - started, failed=True)  # type: ignore[union-attr]
+            raise
+        self.monitor.step(node.name, time.perf_counter() - started, failed=False)  # type: ignore[union-attr]
+        return body
 
     async def _each_chunk(self, node: Node, chunks: AsyncIterator[Any], event: Event, call: _Call) -> None:
         """Send each chunk of a streaming step through the steps after it, in order."""

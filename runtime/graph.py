@@ -23,7 +23,8 @@ DEFAULT_MAX_ITERATIONS = 100
 
 
 class Graph:
-    """A flow of steps. ``allow_cyclic`` permits loops (`cycle_to`), bounded by ``max_iterations``."""
+    """A flow of steps. ``allow_cyclic`` permits loops (`cycle_to`), bounded by ``max_iterations``;
+    ``monitoring=True`` writes a record per model call of every endpoint."""
 
     def __init__(
         self,
@@ -32,6 +33,7 @@ class Graph:
         engine: str = "async",
         allow_cyclic: bool = False,
         max_iterations: int | None = DEFAULT_MAX_ITERATIONS,
+        monitoring: bool = False,
     ):
         if topology != "flow":
             raise GraphError(f"topology {topology!r} is not supported: use 'flow' (and sg.RouterStep to route)")
@@ -42,6 +44,7 @@ class Graph:
         self.engine = engine
         self.allow_cyclic = allow_cyclic
         self.max_iterations = max_iterations
+        self.monitoring = monitoring
         self.steps: dict[str, Step] = {}
         self.error_handlers: dict[str, TaskStep] = {}
         self.on_error: str | None = None
@@ -275,6 +278,7 @@ class Graph:
             "engine": self.engine,
             "allow_cyclic": self.allow_cyclic,
             "max_iterations": self.max_iterations,
+            "monitoring": self.monitoring,
             "steps": {name: step.to_dict() for name, step in self.steps.items()},
         }
         if self.error_handlers:
@@ -295,6 +299,7 @@ class Graph:
             engine=spec.get("engine", "async"),
             allow_cyclic=spec.get("allow_cyclic", False),
             max_iterations=spec.get("max_iterations", DEFAULT_MAX_ITERATIONS),
+            monitoring=spec.get("monitoring", False),
         )
         for name, shared in spec.get("shared_models", {}).items():
             graph.shared_models[name] = SharedModel.from_dict(name, shared)

@@ -13,7 +13,7 @@ from . import codec
 from .dataplane import DataPlane
 from .engine import Engine
 from .errors import ServingError, Unavailable
-from .event import Event
+from .event import Event, new_event_id
 from .v1 import graph_pb2, graph_pb2_grpc
 
 logger = logging.getLogger("servegraph.router")
@@ -69,10 +69,29 @@ class GraphService(graph_pb2_grpc.GraphServicer):
             streaming=self.engine.can_stream,
         )
 
+    async def Stats(self, request: graph_pb2.StatsRequest, context: grpc.aio.ServicerContext) -> Any:
+        monitor = self.engine.monitor
+        endpoints = []
+        for name, stats in sorted(monitor.stats.items() if monitor is not None else ()):
+            endpoints.append(
+                graph_pb2.EndpointStats(
+                    name=name,
+                    requests=stats.requests,
+                    failures=stats.failures,
+                    p50_ms=stats.quantile(0.5) * 1e3,
+                    p99_ms=stats.quantile(0.99) * 1e3,
+                    tokens_in=stats.tokens_in,
+                    tokens_out=stats.tokens_out,
+                    in_flight=stats.in_flight,
+                )
+            )
+        return graph_pb2.StatsResponse(endpoints=endpoints)
+
     async def _event(self, request: graph_pb2.InvokeRequest, context: grpc.aio.ServicerContext) -> Event:
         if not self.engine.ready:
             await _abort(context, Unavailable(f"graph '{self.engine.graph.name}' is still loading"), None)
-        request_id = request.id or _metadata(context).get(REQUEST_ID_HEADER)
+        request_id = request.id or _metadata(context).get(REQUEST_ID_HEADER) or new_event_id()
+        await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
         try:
             body = codec.from_value(request.body, request.tensors)
         except ServingError as exc:
@@ -94,6 +113,8 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception, event: Eve
     else:
         code, message = "INTERNAL", f"{type(error).__name__}: {error}"
         logger.exception("request %s failed unexpectedly", event.id if event else "-")
+    if event is not None:
+        message = f"{message} [request {event.id}]"
     await context.abort(grpc.StatusCode[code], message)
 
 

@@ -48,11 +48,12 @@ class ModelHandle:
         endpoint: str | None = None,
         artifact: ModelArtifact | None = None,
         operation: str | None = None,
+        request_id: str = "",
     ) -> Any:
         """The model's predict on `body` (or its custom ``op_<operation>``)."""
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._call(body, endpoint, artifact, operation)
+                return await self._call(body, endpoint, artifact, operation, request_id)
         except TimeoutError:
             raise self._deadline(endpoint) from None
 
@@ -60,11 +61,11 @@ class ModelHandle:
         return True
 
     async def stream(
-        self, body: Any, endpoint: str | None = None, artifact: ModelArtifact | None = None
+        self, body: Any, endpoint: str | None = None, artifact: ModelArtifact | None = None, request_id: str = ""
     ) -> AsyncIterator[Any]:
         try:
             async with asyncio.timeout(self.timeout):
-                async for chunk in self._stream(body, endpoint, artifact):
+                async for chunk in self._stream(body, endpoint, artifact, request_id):
                     yield chunk
         except TimeoutError:
             raise self._deadline(endpoint) from None
@@ -79,11 +80,13 @@ class ModelHandle:
         return f"'{self.spec.name}'"
 
     async def _call(
-        self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, operation: str | None
+        self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, operation: str | None, request_id: str
     ) -> Any:
         raise NotImplementedError
 
-    def _stream(self, body: Any, endpoint: str | None, artifact: ModelArtifact | None) -> AsyncIterator[Any]:
+    def _stream(
+        self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, request_id: str
+    ) -> AsyncIterator[Any]:
         raise NotImplementedError
 
 
@@ -96,7 +99,7 @@ class LocalHandle(ModelHandle):
         self.executor = executor
 
     async def _call(
-        self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, operation: str | None
+        self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, operation: str | None, request_id: str
     ) -> Any:
         if operation:
             return await self.model.operation(operation, body)
@@ -107,7 +110,9 @@ class LocalHandle(ModelHandle):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self.model.predict, body, endpoint, artifact)
 
-    async def _stream(self, body: Any, endpoint: str | None, artifact: ModelArtifact | None) -> AsyncIterator[Any]:
+    async def _stream(
+        self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, request_id: str
+    ) -> AsyncIterator[Any]:
         if self.model.is_async:
             async for chunk in self.model.stream_async(body, endpoint, artifact):
                 yield chunk
@@ -132,9 +137,9 @@ class WorkerHandle(ModelHandle):
         return any(not worker.is_down() for worker in self.workers.processes)
 
     def _request(
-        self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, operation: str | None = None
+        self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, request_id: str, operation: str = ""
     ) -> worker_pb2.PredictRequest:
-        request = worker_pb2.PredictRequest(model=self.spec.name, operation=operation or "")
+        request = worker_pb2.PredictRequest(model=self.spec.name, operation=operation, request_id=request_id)
         codec.to_payload(body, request.body)
         if endpoint:
             request.endpoint = endpoint
@@ -142,9 +147,9 @@ class WorkerHandle(ModelHandle):
         return request
 
     async def _call(
-        self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, operation: str | None
+        self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, operation: str | None, request_id: str
     ) -> Any:
-        request = self._request(body, endpoint, artifact, operation)
+        request = self._request(body, endpoint, artifact, request_id, operation or "")
         worker = self.workers.pick()
         stub = await worker.wait_ready(self.timeout or START_TIMEOUT)
         worker.in_flight += 1
@@ -160,8 +165,10 @@ class WorkerHandle(ModelHandle):
             worker.in_flight -= 1
         return codec.from_payload(response.result)
 
-    async def _stream(self, body: Any, endpoint: str | None, artifact: ModelArtifact | None) -> AsyncIterator[Any]:
-        request = self._request(body, endpoint, artifact)
+    async def _stream(
+        self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, request_id: str
+    ) -> AsyncIterator[Any]:
+        request = self._request(body, endpoint, artifact, request_id)
         worker = self.workers.pick()
         stub = await worker.wait_ready(self.timeout or START_TIMEOUT)
         worker.in_flight += 1

@@ -152,6 +152,11 @@ class ModelSpec:
                 raise GraphError(f"model '{self.name}': parameters must be JSON values for a worker: {exc}") from None
 
     @property
+    def monitoring(self) -> bool:
+        """``monitoring=True`` writes a record per call of this model (see monitoring.py)."""
+        return bool(self.parameters.get("monitoring"))
+
+    @property
     def timeout(self) -> float | None:
         value = self.parameters.get("timeout")
         return float(value) if value is not None else None
@@ -254,7 +259,8 @@ class ModelRunnerStep(Step):
     ) -> ModelRunnerStep:
         """Add a model endpoint; `model_parameters` go to the model's constructor.
 
-        ``timeout`` (seconds) bounds each call; ``device`` (e.g. "cuda:0") picks a worker's GPU.
+        ``timeout`` (seconds) bounds each call; ``device`` (e.g. "cuda:0") picks a worker's GPU;
+        ``monitoring=True`` writes a record per call.
         """
         if execution_mechanism is None:
             raise GraphError(

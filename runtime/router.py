@@ -11,17 +11,21 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor, descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
+from prometheus_client import start_http_server
 
 from . import v2_protocol, v2_service
 from .dataplane import DataPlane
 from .engine import Engine
 from .graph import Graph
 from .graph_service import GraphService
+from .monitoring import Monitor, records_for
 from .v1 import graph_pb2, graph_pb2_grpc
 
 logger = logging.getLogger("servegraph.router")
@@ -42,8 +46,13 @@ class Router:
         port: int = DEFAULT_PORT,
         *,
         max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+        metrics_port: int | None = None,
+        records: str | Path | Callable[[dict[str, Any]], Any] | None = None,
     ):
-        self.engine = Engine(graph)
+        self.monitor = Monitor(graph.name, records=records_for(graph, records))
+        self.engine = Engine(graph, monitor=self.monitor)
+        self.metrics_port = metrics_port
+        self._metrics_server: Any = None
         self.host = host
         self.requested_port = port
         self.port: int | None = None
@@ -84,6 +93,12 @@ class Router:
         except BaseException:
             await self.server.stop(None)
             raise
+        self.monitor.workers = lambda: self.engine.models.workers
+        if self.metrics_port is not None:
+            self._metrics_server, _ = start_http_server(
+                self.metrics_port, addr=self.host, registry=self.monitor.registry
+            )
+            self.metrics_port = self._metrics_server.server_port
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         return self.port
 
@@ -91,6 +106,9 @@ class Router:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
         await self.engine.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        self.monitor.close()
 
     async def _set_health(self, status: int) -> None:
         await self.health.set("", status)
@@ -127,17 +145,19 @@ async def serve(
     *,
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
     grace: float = 5.0,
-    on_ready: Callable[[int], None] | None = None,
+    metrics_port: int | None = None,
+    records: str | None = None,
+    on_ready: Callable[[Router], None] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain and stop."""
-    router = Router(graph, host, port, max_message_mb=max_message_mb)
+    router = Router(graph, host, port, max_message_mb=max_message_mb, metrics_port=metrics_port, records=records)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    bound = await router.start()
+    await router.start()
     if on_ready is not None:
-        on_ready(bound)
+        on_ready(router)
     await stopping.wait()
     logger.info("stopping: draining in-flight calls for up to %.1fs", grace)
     await router.stop(grace)

@@ -104,7 +104,8 @@ class InferenceService:
                 task.cancel()
 
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "model statistics are not collected yet")
+        statistics = await self._guard(context, lambda: self.dataplane.statistics(request.name))
+        return message("ModelStatisticsResponse")(model_stats=statistics)
 
     async def _infer(self, request: Any) -> Any:
         outputs = await self.dataplane.infer(request.model_name, decode_inputs(request), request.id or None)

@@ -86,3 +86,33 @@ class Endpoint(_message.Message):
     model_class: str
     execution_mechanism: str
     def __init__(self, name: _Optional[str] = ..., step: _Optional[str] = ..., kind: _Optional[str] = ..., model_class: _Optional[str] = ..., execution_mechanism: _Optional[str] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("endpoints",)
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    endpoints: _containers.RepeatedCompositeFieldContainer[EndpointStats]
+    def __init__(self, endpoints: _Optional[_Iterable[_Union[EndpointStats, _Mapping]]] = ...) -> None: ...
+
+class EndpointStats(_message.Message):
+    __slots__ = ("name", "requests", "failures", "p50_ms", "p99_ms", "tokens_in", "tokens_out", "in_flight")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_MS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_OUT_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    requests: int
+    failures: int
+    p50_ms: float
+    p99_ms: float
+    tokens_in: int
+    tokens_out: int
+    in_flight: int
+    def __init__(self, name: _Optional[str] = ..., requests: _Optional[int] = ..., failures: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., tokens_in: _Optional[int] = ..., tokens_out: _Optional[int] = ..., in_flight: _Optional[int] = ...) -> None: ...

@@ -49,6 +49,11 @@ class GraphStub:
                 request_serializer=servegraph_dot_v1_dot_graph__pb2.DescribeRequest.SerializeToString,
                 response_deserializer=servegraph_dot_v1_dot_graph__pb2.DescribeResponse.FromString,
                 _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/servegraph.v1.Graph/Stats',
+                request_serializer=servegraph_dot_v1_dot_graph__pb2.StatsRequest.SerializeToString,
+                response_deserializer=servegraph_dot_v1_dot_graph__pb2.StatsResponse.FromString,
+                _registered_method=True)
 
 
 class GraphServicer:
@@ -75,6 +80,13 @@ class GraphServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stats(self, request, context):
+        """Counts, latency percentiles and tokens of every model endpoint since the router started.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GraphServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +104,11 @@ def add_GraphServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=servegraph_dot_v1_dot_graph__pb2.DescribeRequest.FromString,
                     response_serializer=servegraph_dot_v1_dot_graph__pb2.DescribeResponse.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=servegraph_dot_v1_dot_graph__pb2.StatsRequest.FromString,
+                    response_serializer=servegraph_dot_v1_dot_graph__pb2.StatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +192,33 @@ class Graph:
             '/servegraph.v1.Graph/Describe',
             servegraph_dot_v1_dot_graph__pb2.DescribeRequest.SerializeToString,
             servegraph_dot_v1_dot_graph__pb2.DescribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/servegraph.v1.Graph/Stats',
+            servegraph_dot_v1_dot_graph__pb2.StatsRequest.SerializeToString,
+            servegraph_dot_v1_dot_graph__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,259 @@
+"""Model endpoint monitoring: Prometheus metrics, per-endpoint statistics and per-request records.
+
+Everything is observed in the router, around each model call, so numbers for models in worker
+processes need no scraping of the workers. Records (MLRun's model-monitoring stream, simplified)
+go through a bounded queue to a writer thread: a slow or failing sink drops records (counted)
+and never slows or fails a request.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import logging.handlers
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+logger = logging.getLogger("servegraph.monitoring")
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+RESERVOIR = 2048
+"""Latest latencies kept per endpoint for p50/p99 in `servegraph stats`."""
+
+
+@dataclass
+class EndpointStats:
+    """What `servegraph stats` and Triton's ModelStatistics report for one endpoint."""
+
+    requests: int = 0
+    failures: int = 0
+    total_ns: int = 0
+    failed_ns: int = 0
+    last_ms: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    in_flight: int = 0
+    latencies: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=RESERVOIR))
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+class RecordSink:
+    """Writes JSON records on a thread: to a rotating file, or to a user callable."""
+
+    def __init__(self, target: str | Path | Callable[[dict[str, Any]], Any], *, capacity: int = 10_000):
+        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue(capacity)
+        self.dropped = 0
+        self.written = 0
+        if callable(target):
+            self._write: Callable[[dict[str, Any]], Any] = target
+        else:
+            path = Path(target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.handlers.RotatingFileHandler(path, maxBytes=64 << 20, backupCount=3)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            self._file = handler
+            self._write = lambda record: handler.emit(logging.makeLogRecord({"msg": json.dumps(record)}))
+        self._thread = threading.Thread(target=self._run, name="servegraph-records", daemon=True)
+        self._thread.start()
+
+    def put(self, record: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self, timeout: float = 5.0) -> None:
+        with contextlib.suppress(queue.Full):
+            self.queue.put(None, timeout=timeout)
+        self._thread.join(timeout)
+        if hasattr(self, "_file"):
+            self._file.close()
+
+    def _run(self) -> None:
+        while (record := self.queue.get()) is not None:
+            try:
+                self._write(record)
+                self.written += 1
+            except Exception:
+                self.dropped += 1
+                logger.exception("monitoring sink failed; record dropped")
+
+
+def _truncate(value: Any, limit: int) -> Any:
+    """A JSON-safe rendering of a body, cut to `limit` characters (arrays shown by dtype and shape)."""
+    text = json.dumps(value, default=_describe)
+    return json.loads(text) if len(text) <= limit else text[:limit] + "…"
+
+
+def _describe(value: Any) -> Any:
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        return f"<{value.dtype} array {list(value.shape)}>"
+    if isinstance(value, bytes | bytearray):
+        return f"<{len(value)} bytes>"
+    return repr(value)
+
+
+def usage_of(result: Any) -> dict[str, Any] | None:
+    """An LLM result's usage, wherever the model put it (``{"usage": ...}`` at the top or one down)."""
+    if isinstance(result, dict):
+        if isinstance(result.get("usage"), dict):
+            return result["usage"]
+        for value in result.values():
+            if isinstance(value, dict) and isinstance(value.get("usage"), dict):
+                return value["usage"]
+    return None
+
+
+class Monitor:
+    """The router's observer: metrics (own registry), endpoint statistics, and optional records."""
+
+    def __init__(self, graph_name: str, *, records: RecordSink | None = None, max_value_chars: int = 2000):
+        self.graph_name = graph_name
+        self.records = records
+        self.max_value_chars = max_value_chars
+        self.stats: dict[str, EndpointStats] = collections.defaultdict(EndpointStats)
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "servegraph_endpoint_requests", "Model endpoint calls by outcome", ["endpoint", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "servegraph_endpoint_latency_seconds", "Model endpoint call latency", ["endpoint"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "servegraph_endpoint_in_flight", "Model endpoint calls running", ["endpoint"], registry=r
+        )
+        self.tokens = Counter(
+            "servegraph_endpoint_tokens", "LLM tokens by direction (in: prompt, out: completion)",
+            ["endpoint", "direction"], registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "servegraph_endpoint_time_to_first_token_seconds", "Time to the first chunk of a stream", ["endpoint"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.step_latency = Histogram(
+            "servegraph_step_latency_seconds", "Step latency", ["step"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.step_failures = Counter("servegraph_step_failures", "Steps that raised", ["step"], registry=r)
+        self.workers: Callable[[], Iterable[Any]] = lambda: ()
+        r.register(_WorkerCollector(self))
+
+    # -- observations -----------------------------------------------------------------------------
+    def start(self, endpoint: str) -> float:
+        self.stats[endpoint].in_flight += 1
+        self.in_flight.labels(endpoint).inc()
+        return time.perf_counter()
+
+    def finish(
+        self,
+        endpoint: str,
+        started: float,
+        *,
+        step: str,
+        request_id: str,
+        inputs: Any,
+        result: Any = None,
+        error: BaseException | None = None,
+        code: str = "OK",
+        labels: dict[str, Any] | None = None,
+        first_chunk: float | None = None,
+        record: bool = False,
+    ) -> None:
+        elapsed = time.perf_counter() - started
+        stats = self.stats[endpoint]
+        stats.in_flight -= 1
+        stats.requests += 1
+        stats.last_ms = int(time.time() * 1000)
+        stats.latencies.append(elapsed)
+        if error is None:
+            stats.total_ns += int(elapsed * 1e9)
+        else:
+            stats.failures += 1
+            stats.failed_ns += int(elapsed * 1e9)
+        self.in_flight.labels(endpoint).dec()
+        self.requests.labels(endpoint, code).inc()
+        self.latency.labels(endpoint).observe(elapsed)
+        if first_chunk is not None:
+            self.ttft.labels(endpoint).observe(first_chunk - started)
+        usage = usage_of(result) if error is None else None
+        if usage:
+            prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            stats.tokens_in += prompt
+            stats.tokens_out += completion
+            self.tokens.labels(endpoint, "in").inc(prompt)
+            self.tokens.labels(endpoint, "out").inc(completion)
+        if record and self.records is not None:
+            self.records.put(
+                {
+                    "time": time.time(),
+                    "graph": self.graph_name,
+                    "endpoint": endpoint,
+                    "step": step,
+                    "labels": labels or {},
+                    "request_id": request_id,
+                    "inputs": _truncate(inputs, self.max_value_chars),
+                    "outputs": None if error is not None else _truncate(result, self.max_value_chars),
+                    "latency_ms": round(elapsed * 1e3, 3),
+                    "usage": usage,
+                    "error": None if error is None else f"{type(error).__name__}: {error}",
+                }
+            )
+
+    def step(self, step: str, elapsed: float, failed: bool) -> None:
+        self.step_latency.labels(step).observe(elapsed)
+        if failed:
+            self.step_failures.labels(step).inc()
+
+    def close(self) -> None:
+        if self.records is not None:
+            self.records.close()
+
+
+class _WorkerCollector:
+    """Worker restarts, liveness and queue depth, read from the router's worker handles at scrape time."""
+
+    def __init__(self, monitor: Monitor):
+        self.monitor = monitor
+
+    def collect(self) -> Iterable[Any]:
+        restarts = CounterMetricFamily("servegraph_worker_restarts", "Worker process restarts", labels=["worker"])
+        up = GaugeMetricFamily("servegraph_worker_up", "1 while the worker process serves", labels=["worker"])
+        depth = GaugeMetricFamily("servegraph_worker_queue_depth", "Calls sent to the worker, not yet answered",
+                                  labels=["worker"])  # fmt: skip
+        for worker in self.monitor.workers():
+            restarts.add_metric([worker.name], worker.restarts)
+            up.add_metric([worker.name], 0 if worker.is_down() else 1)
+            depth.add_metric([worker.name], worker.in_flight)
+        dropped = CounterMetricFamily("servegraph_records_dropped", "Monitoring records dropped (sink full or failed)")
+        sink = self.monitor.records
+        dropped.add_metric([], sink.dropped if sink else 0)
+        return [restarts, up, depth, dropped]
+
+
+DEFAULT_RECORDS_DIR = Path("servegraph-records")
+
+
+def records_for(graph: Any, target: str | Path | Callable[[dict[str, Any]], Any] | None) -> RecordSink | None:
+    """The record sink a graph needs: `target` if given, else a file under ./servegraph-records when
+    the graph or one of its models asks for monitoring, else none."""
+    if target is not None:
+        return RecordSink(target)
+    models = [shared.model for shared in graph.shared_models.values()]
+    models += [endpoint.model for _, endpoint in graph.endpoints().values() if endpoint.model is not None]
+    if graph.monitoring or any(model.monitoring for model in models):
+        return RecordSink(DEFAULT_RECORDS_DIR / f"{graph.name}.jsonl")
+    return None
