@@ -91,7 +91,7 @@ class GraphService(graph_pb2_grpc.GraphServicer):
         if not self.engine.ready:
             await _abort(context, Unavailable(f"graph '{self.engine.graph.name}' is still loading"), None)
         request_id = request.id or _metadata(context).get(REQUEST_ID_HEADER) or new_event_id()
-        await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
         try:
             body = codec.from_value(request.body, request.tensors)
         except ServingError as exc:

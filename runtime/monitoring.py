@@ -149,6 +149,7 @@ class Monitor:
             "servegraph_step_latency_seconds", "Step latency", ["step"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.step_failures = Counter("servegraph_step_failures", "Steps that raised", ["step"], registry=r)
+        self._step_observers: dict[str, Any] = {}
         self.workers: Callable[[], Iterable[Any]] = lambda: ()
         r.register(_WorkerCollector(self))
 
@@ -214,7 +215,10 @@ class Monitor:
             )
 
     def step(self, step: str, elapsed: float, failed: bool) -> None:
-        self.step_latency.labels(step).observe(elapsed)
+        observer = self._step_observers.get(step)
+        if observer is None:
+            observer = self._step_observers[step] = self.step_latency.labels(step)
+        observer.observe(elapsed)
         if failed:
             self.step_failures.labels(step).inc()
 
