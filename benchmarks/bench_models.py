@@ -17,17 +17,14 @@ import asyncio
 import contextlib
 import os
 import re
-import signal
 import statistics
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
 import numpy as np
 
 import servegraph as sg
+from servegraph.launcher import launch
 
 CASE_SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
 CONCURRENCY = 8
@@ -130,39 +127,8 @@ async def through_mock(built: sg.Graph, body: dict, expected: object = None) -> 
 @contextlib.contextmanager
 def served(mechanism: str) -> Iterator[str]:
     """``servegraph serve benchmarks.bench_models:graph`` for `mechanism`; yields its address."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "servegraph.cli", "serve", "benchmarks.bench_models:graph", "--port", "0"],
-        env={**os.environ, "BENCH_MECHANISM": mechanism},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    address: list[str] = []
-    ready = threading.Event()
-
-    def drain() -> None:  # read all its output, so that its log never blocks it
-        assert process.stdout is not None
-        for line in process.stdout:
-            if not address and (match := ADDRESS_LINE.search(line)):
-                address.append(match[1])
-                ready.set()
-        ready.set()
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        if not ready.wait(60) or not address:
-            raise RuntimeError(f"router for {mechanism} did not start")
-        yield address[0]
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        reader.join(5)
+    with launch("benchmarks.bench_models:graph", env={**os.environ, "BENCH_MECHANISM": mechanism}) as router:
+        yield router.address
 
 
 async def through_router(address: str) -> Result:

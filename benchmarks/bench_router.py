@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import grpc
 
 from servegraph import codec
+from servegraph.launcher import launch
 from servegraph.v1 import graph_pb2, graph_pb2_grpc
 
 DURATION = float(os.environ.get("BENCH_SECONDS", "3"))
@@ -29,9 +30,14 @@ ADDRESS_LINE = re.compile(r"on (127\.0\.0\.1:\d+)")
 
 
 @contextlib.contextmanager
-def server(*command: str) -> Iterator[tuple[str, int]]:
+def echo_server() -> Iterator[tuple[str, int]]:
+    """The bare grpc.aio echo server of `served.py`, in its own process."""
     process = subprocess.Popen(
-        [sys.executable, *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        [sys.executable, "-m", "benchmarks.served"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         assert process.stdout is not None
@@ -40,7 +46,7 @@ def server(*command: str) -> Iterator[tuple[str, int]]:
                 yield match[1], process.pid
                 break
         else:
-            raise RuntimeError(f"{command} did not start")
+            raise RuntimeError("the echo server did not start")
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -88,12 +94,9 @@ def main() -> None:
 
     print("== Invoke: router (3-step graph) vs bare grpc.aio echo server ==")
     cost = {}
-    with (
-        server("-m", "benchmarks.served") as echo,
-        server("-m", "servegraph.cli", "serve", "benchmarks.served:three_step", "--port", "0") as router,
-    ):
+    with echo_server() as echo, launch("benchmarks.served:three_step") as router:
         for concurrency in (1, 8):
-            for name, (address, pid) in (("echo", echo), ("router", router)):
+            for name, (address, pid) in (("echo", echo), ("router", (router.address, router.process.pid))):
                 before = cpu_seconds(pid)
                 rate, latencies = uvloop.run(load(address, concurrency, DURATION))
                 cost[name, concurrency] = (cpu_seconds(pid) - before) / (len(latencies) + 200)
