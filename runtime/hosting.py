@@ -26,6 +26,7 @@ from .errors import DeadlineExceeded, GraphError, RemoteError, Unavailable
 from .graph import Graph
 from .models import ModelArtifact, ModelRunnerStep, ModelSpec
 from .v1 import worker_pb2
+from .workers.calls import StreamClosed
 from .workers.host import HostedModel, streams
 from .workers.pool import WorkerPool
 from .workers.process import START_TIMEOUT, WorkerProcess
@@ -151,18 +152,16 @@ class WorkerHandle(ModelHandle):
     ) -> Any:
         request = self._request(body, endpoint, artifact, request_id, operation or "")
         worker = self.workers.pick()
-        stub = await worker.wait_ready(self.timeout or START_TIMEOUT)
+        await worker.wait_ready(self.timeout or START_TIMEOUT)
         worker.in_flight += 1
         try:
-            response = await stub.Predict(request)
-        except grpc.RpcError as error:
-            raise self._failure(worker, error, endpoint) from None
-        except asyncio.CancelledError:  # grpc.aio cancels the calls cut by a dead worker's channel closing
-            if _cancelling():
-                raise
+            response = await worker.calls.call(request)  # type: ignore[union-attr]
+        except StreamClosed:
             raise self._unavailable(worker, endpoint) from None
         finally:
             worker.in_flight -= 1
+        if response.error_code:
+            raise RemoteError(response.error_code, response.error_message)
         return codec.from_payload(response.result)
 
     async def _stream(

@@ -25,6 +25,8 @@ from servegraph.errors import GraphError, Unavailable
 from servegraph.models import ModelSpec
 from servegraph.v1 import worker_pb2_grpc
 
+from .calls import CallStream
+
 logger = logging.getLogger("servegraph.worker")
 
 START_TIMEOUT = float(os.environ.get("SERVEGRAPH_WORKER_START_TIMEOUT", "300"))
@@ -43,6 +45,7 @@ class WorkerProcess:
         self.socket = str(socket_dir / f"{name}.sock")
         self.device = device
         self.stub: worker_pb2_grpc.WorkerStub | None = None
+        self.calls: CallStream | None = None
         self.in_flight = 0
         self.restarts = 0
         self.ready = asyncio.Event()
@@ -105,6 +108,7 @@ class WorkerProcess:
             options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
         )
         self.stub = worker_pb2_grpc.WorkerStub(self._channel)
+        self.calls = CallStream(self.stub)
         self._relay = asyncio.create_task(self._relay_output(), name=f"output-{self.name}")
         self.ready.set()
         logger.info("worker '%s' ready (pid %s, models: %s)", self.name, self.pid, ", ".join(self.models))
@@ -166,6 +170,9 @@ class WorkerProcess:
             os.unlink(self.socket)
 
     async def _close_channel(self) -> None:
+        if self.calls is not None:
+            await self.calls.close()
+            self.calls = None
         if self._channel is not None:
             await self._channel.close()
             self._channel = None

@@ -42,37 +42,68 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="predict")
         self.in_flight = 0
 
-    async def Predict(self, request: worker_pb2.PredictRequest, context: grpc.aio.ServicerContext) -> Any:
-        model, body, endpoint, artifact = await self._unpack(request, context)
+    async def Predict(
+        self, requests: AsyncIterator[worker_pb2.PredictRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[worker_pb2.PredictResponse]:
+        """Serve the router's unary calls as they arrive on the stream, answering each when done."""
+        answers: asyncio.Queue[worker_pb2.PredictResponse | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def answer(request: worker_pb2.PredictRequest) -> None:
+            try:
+                result = await self._predict(request)
+                answers.put_nowait(worker_pb2.PredictResponse(call_id=request.call_id, result=codec.to_payload(result)))
+            except Exception as error:
+                _log_failure(error, request)
+                answers.put_nowait(
+                    worker_pb2.PredictResponse(
+                        call_id=request.call_id, error_code=status_of(error), error_message=describe(error)
+                    )
+                )
+
+        async def read() -> None:
+            async for request in requests:
+                task = asyncio.create_task(answer(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.gather(*running)
+            answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await answers.get()) is not None:
+                yield response
+        finally:
+            reader.cancel()
+
+    async def _predict(self, request: worker_pb2.PredictRequest) -> Any:
+        model, body, endpoint, artifact = self._unpack(request)
         self.in_flight += 1
         try:
             if request.operation:
-                result = await model.operation(request.operation, body)
-            elif model.is_async:
-                result = await model.predict_async(body, endpoint, artifact)
-            else:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self.thread, model.predict, body, endpoint, artifact)
-            return worker_pb2.PredictResponse(result=codec.to_payload(result))
-        except Exception as exc:
-            await _abort(context, exc)
+                return await model.operation(request.operation, body)
+            if model.is_async:
+                return await model.predict_async(body, endpoint, artifact)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.thread, model.predict, body, endpoint, artifact)
         finally:
             self.in_flight -= 1
 
     async def PredictStream(
         self, request: worker_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.PredictResponse]:
-        model, body, endpoint, artifact = await self._unpack(request, context)
         self.in_flight += 1
         try:
+            model, body, endpoint, artifact = self._unpack(request)
             if model.is_async:
                 chunks = model.stream_async(body, endpoint, artifact)
             else:
                 chunks = ChunkPump(model.stream(body, endpoint, artifact), self.thread).__aiter__()
             async for chunk in chunks:
                 yield worker_pb2.PredictResponse(result=codec.to_payload(chunk))
-        except Exception as exc:
-            await _abort(context, exc)
+        except Exception as error:
+            _log_failure(error, request)
+            await context.abort(grpc.StatusCode[status_of(error)], describe(error))
         finally:
             self.in_flight -= 1
 
@@ -81,24 +112,21 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             models={name: True for name in self.models}, pid=os.getpid(), in_flight=self.in_flight
         )
 
-    async def _unpack(
-        self, request: worker_pb2.PredictRequest, context: grpc.aio.ServicerContext
-    ) -> tuple[HostedModel, Any, str | None, ModelArtifact | None]:
+    def _unpack(self, request: worker_pb2.PredictRequest) -> tuple[HostedModel, Any, str | None, ModelArtifact | None]:
         model = self.models.get(request.model)
-        try:
-            if model is None:
-                raise NotFound(f"this worker has no model '{request.model}' (it hosts {', '.join(self.models)})")
-            body = codec.from_payload(request.body)
-            artifact = ModelArtifact.from_dict(codec.from_payload(request.artifact)) if request.endpoint else None
-        except ServingError as exc:
-            await _abort(context, exc)
-        return model, body, request.endpoint or None, artifact  # type: ignore[return-value]
+        if model is None:
+            raise NotFound(f"this worker has no model '{request.model}' (it hosts {', '.join(self.models)})")
+        body = codec.from_payload(request.body)
+        artifact = ModelArtifact.from_dict(codec.from_payload(request.artifact)) if request.endpoint else None
+        return model, body, request.endpoint or None, artifact
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+def _log_failure(error: Exception, request: worker_pb2.PredictRequest) -> None:
+    """Errors the caller made are its to see; anything else is a bug worth a traceback here."""
     if not isinstance(error, ServingError):
-        logging.getLogger("servegraph.worker").exception("predict failed")
-    await context.abort(grpc.StatusCode[status_of(error)], describe(error))
+        logging.getLogger("servegraph.worker").error(
+            "model '%s' failed (request %s)", request.model, request.request_id or "-", exc_info=error
+        )
 
 
 def watch_parent(parent: int) -> None:

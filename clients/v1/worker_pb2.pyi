@@ -8,26 +8,34 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "body", "request_id", "endpoint", "artifact", "operation")
+    __slots__ = ("model", "body", "request_id", "endpoint", "artifact", "operation", "call_id")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     OPERATION_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
     model: str
     body: _types_pb2.Payload
     request_id: str
     endpoint: str
     artifact: _types_pb2.Payload
     operation: str
-    def __init__(self, model: _Optional[str] = ..., body: _Optional[_Union[_types_pb2.Payload, _Mapping]] = ..., request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., artifact: _Optional[_Union[_types_pb2.Payload, _Mapping]] = ..., operation: _Optional[str] = ...) -> None: ...
+    call_id: int
+    def __init__(self, model: _Optional[str] = ..., body: _Optional[_Union[_types_pb2.Payload, _Mapping]] = ..., request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., artifact: _Optional[_Union[_types_pb2.Payload, _Mapping]] = ..., operation: _Optional[str] = ..., call_id: _Optional[int] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("result",)
+    __slots__ = ("result", "call_id", "error_code", "error_message")
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     result: _types_pb2.Payload
-    def __init__(self, result: _Optional[_Union[_types_pb2.Payload, _Mapping]] = ...) -> None: ...
+    call_id: int
+    error_code: str
+    error_message: str
+    def __init__(self, result: _Optional[_Union[_types_pb2.Payload, _Mapping]] = ..., call_id: _Optional[int] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

@@ -34,7 +34,7 @@ class WorkerStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Predict = channel.unary_unary(
+        self.Predict = channel.stream_stream(
                 '/servegraph.v1.Worker/Predict',
                 request_serializer=servegraph_dot_v1_dot_worker__pb2.PredictRequest.SerializeToString,
                 response_deserializer=servegraph_dot_v1_dot_worker__pb2.PredictResponse.FromString,
@@ -54,8 +54,9 @@ class WorkerStub:
 class WorkerServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Predict(self, request, context):
-        """Calls a model's predict (or predict_async) and returns its result.
+    def Predict(self, request_iterator, context):
+        """Unary predicts, many at once on one long-lived stream per worker (a gRPC call each would cost
+        more than a small model's predict): each response answers the request with its call_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,7 +79,7 @@ class WorkerServicer:
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Predict': grpc.unary_unary_rpc_method_handler(
+            'Predict': grpc.stream_stream_rpc_method_handler(
                     servicer.Predict,
                     request_deserializer=servegraph_dot_v1_dot_worker__pb2.PredictRequest.FromString,
                     response_serializer=servegraph_dot_v1_dot_worker__pb2.PredictResponse.SerializeToString,
@@ -105,7 +106,7 @@ class Worker:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Predict(request,
+    def Predict(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -115,8 +116,8 @@ class Worker:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
             '/servegraph.v1.Worker/Predict',
             servegraph_dot_v1_dot_worker__pb2.PredictRequest.SerializeToString,
