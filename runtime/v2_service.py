@@ -7,13 +7,13 @@ a process that imports both).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
+from .concurrency import answer_concurrently
 from .dataplane import DataPlane
 from .errors import ServingError, describe, status_of
 from .v2_protocol import (
@@ -64,44 +64,22 @@ class InferenceService:
 
         A failing request answers with ``error_message`` and the stream goes on.
         """
-        responses: asyncio.Queue[Any] = asyncio.Queue()
-        running: set[asyncio.Task[None]] = set()
+        async for response in answer_concurrently(requests, self._stream_answers):
+            yield response
 
-        async def serve(request: Any) -> None:
-            try:
-                async for outputs in self.dataplane.infer_stream(
-                    request.model_name, decode_inputs(request), request.id
-                ):
-                    response = _response(request)
-                    fill_response(response, outputs, raw=bool(request.raw_input_contents))
-                    response.parameters[FINAL].bool_param = False
-                    await responses.put(ModelStreamInferResponse(infer_response=response))
-                final = _response(request)
-                final.parameters[FINAL].bool_param = True
-                await responses.put(ModelStreamInferResponse(infer_response=final))
-            except Exception as error:
-                _log(error)
-                await responses.put(
-                    ModelStreamInferResponse(error_message=describe_error(error), infer_response=_response(request))
-                )
-
-        async def read() -> None:
-            async for request in requests:
-                task = asyncio.create_task(serve(request))
-                running.add(task)
-                task.add_done_callback(running.discard)
-            await asyncio.gather(*running)
-            await responses.put(None)
-
-        reader = asyncio.create_task(read())
+    async def _stream_answers(self, request: Any) -> AsyncIterator[Any]:
         try:
-            while (response := await responses.get()) is not None:
-                yield response
-            await reader
-        finally:
-            reader.cancel()
-            for task in list(running):
-                task.cancel()
+            async for outputs in self.dataplane.infer_stream(request.model_name, decode_inputs(request), request.id):
+                response = _response(request)
+                fill_response(response, outputs, raw=bool(request.raw_input_contents))
+                response.parameters[FINAL].bool_param = False
+                yield ModelStreamInferResponse(infer_response=response)
+            final = _response(request)
+            final.parameters[FINAL].bool_param = True
+            yield ModelStreamInferResponse(infer_response=final)
+        except Exception as error:
+            _log(error)
+            yield ModelStreamInferResponse(error_message=describe_error(error), infer_response=_response(request))
 
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         statistics = await self._guard(context, lambda: self.dataplane.statistics(request.name))

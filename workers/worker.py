@@ -27,6 +27,7 @@ import grpc
 import uvloop
 
 from servegraph import codec
+from servegraph.concurrency import answer_concurrently
 from servegraph.errors import NotFound, ServingError, describe, status_of
 from servegraph.models import ModelArtifact, ModelSpec
 from servegraph.v1 import worker_pb2, worker_pb2_grpc
@@ -46,35 +47,18 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self, requests: AsyncIterator[worker_pb2.PredictRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.PredictResponse]:
         """Serve the router's unary calls as they arrive on the stream, answering each when done."""
-        answers: asyncio.Queue[worker_pb2.PredictResponse | None] = asyncio.Queue()
-        running: set[asyncio.Task[None]] = set()
+        async for response in answer_concurrently(requests, self._answer):
+            yield response
 
-        async def answer(request: worker_pb2.PredictRequest) -> None:
-            try:
-                result = await self._predict(request)
-                answers.put_nowait(worker_pb2.PredictResponse(call_id=request.call_id, result=codec.to_payload(result)))
-            except Exception as error:
-                _log_failure(error, request)
-                answers.put_nowait(
-                    worker_pb2.PredictResponse(
-                        call_id=request.call_id, error_code=status_of(error), error_message=describe(error)
-                    )
-                )
-
-        async def read() -> None:
-            async for request in requests:
-                task = asyncio.create_task(answer(request))
-                running.add(task)
-                task.add_done_callback(running.discard)
-            await asyncio.gather(*running)
-            answers.put_nowait(None)
-
-        reader = asyncio.create_task(read())
+    async def _answer(self, request: worker_pb2.PredictRequest) -> AsyncIterator[worker_pb2.PredictResponse]:
         try:
-            while (response := await answers.get()) is not None:
-                yield response
-        finally:
-            reader.cancel()
+            result = await self._predict(request)
+            yield worker_pb2.PredictResponse(call_id=request.call_id, result=codec.to_payload(result))
+        except Exception as error:
+            _log_failure(error, request)
+            yield worker_pb2.PredictResponse(
+                call_id=request.call_id, error_code=status_of(error), error_message=describe(error)
+            )
 
     async def _predict(self, request: worker_pb2.PredictRequest) -> Any:
         model, body, endpoint, artifact = self._unpack(request)
