@@ -52,10 +52,8 @@ def _description(response: graph_pb2.DescribeResponse) -> dict[str, Any]:
 
 
 def _stats(response: graph_pb2.StatsResponse) -> list[dict[str, Any]]:
-    return [
-        json_format.MessageToDict(row, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-        for row in response.endpoints
-    ]
+    # field by field: MessageToDict would render the uint64 counts as JSON strings
+    return [{field.name: getattr(row, field.name) for field in row.DESCRIPTOR.fields} for row in response.endpoints]
 
 
 class Client:
