@@ -39,12 +39,6 @@ class Node:
         self.outlets_by_name: dict[str, Node] = {}
         self.on_error: Node | None = None
 
-    async def start(self) -> None:
-        """Acquire what the node needs (models, workers) before the graph reports ready."""
-
-    async def stop(self) -> None:
-        """Release what `start` acquired."""
-
     async def apply(self, event: Event) -> Any:
         """Process one event and return the new body."""
         raise NotImplementedError
