@@ -18,7 +18,7 @@ from typing import Any
 
 from .engine import Engine
 from .errors import InvalidArgument, NotFound
-from .event import Event
+from .event import Event, new_event_id
 from .v2_protocol import Tensor, from_json, to_json, to_tensors
 
 EXTENSIONS = ["parameters", "statistics"]
@@ -131,7 +131,7 @@ class DataPlane:
         model = self.model(name)
         body = self._body(model, inputs)
         if model.kind in ("model", "proxy"):
-            result = await self.engine.call_endpoint(name, body, request_id or "")
+            result = await self.engine.call_endpoint(name, body, request_id or new_event_id())
         else:
             result = await self.engine.run(self._event(model, body, request_id))
         return to_tensors(result, model.output_names)
@@ -143,7 +143,7 @@ class DataPlane:
         model = self.model(name)
         body = self._body(model, inputs)
         if model.kind in ("model", "proxy"):
-            chunks = self.engine.stream_endpoint(name, body, request_id or "")
+            chunks = self.engine.stream_endpoint(name, body, request_id or new_event_id())
         else:
             chunks = self.engine.stream(self._event(model, body, request_id))
         async for chunk in chunks:

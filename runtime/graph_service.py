@@ -14,6 +14,7 @@ from .dataplane import DataPlane
 from .engine import Engine
 from .errors import ServingError, Unavailable
 from .event import Event, new_event_id
+from .monitoring import EndpointStats
 from .v1 import graph_pb2, graph_pb2_grpc
 
 logger = logging.getLogger("servegraph.router")
@@ -70,9 +71,10 @@ class GraphService(graph_pb2_grpc.GraphServicer):
         )
 
     async def Stats(self, request: graph_pb2.StatsRequest, context: grpc.aio.ServicerContext) -> Any:
-        monitor = self.engine.monitor
+        known = self.engine.monitor.stats if self.engine.monitor is not None else {}
         endpoints = []
-        for name, stats in sorted(monitor.stats.items() if monitor is not None else ()):
+        for name in sorted({*self.engine.runners, *known}):  # endpoints not called yet show as zeros
+            stats = known.get(name) or EndpointStats()
             endpoints.append(
                 graph_pb2.EndpointStats(
                     name=name,

@@ -9,11 +9,9 @@ and never slows or fails a request.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import logging
 import logging.handlers
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -51,50 +49,89 @@ class EndpointStats:
 
 
 class RecordSink:
-    """Writes JSON records on a thread: to a rotating file, or to a user callable."""
+    """Writes JSON records on a thread: to a rotating file, or to a user callable.
 
-    def __init__(self, target: str | Path | Callable[[dict[str, Any]], Any], *, capacity: int = 10_000):
-        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue(capacity)
+    `put` only appends to a bounded buffer (when it is full the record is dropped and counted). The
+    thread wakes every `interval` seconds and writes what has accumulated as one batch: a writer that
+    woke per record would fight the event loop for the GIL on every call. A record is a dict, or one
+    already encoded as a line of JSON (what `Monitor` puts: it encodes once, on the request path).
+    """
+
+    def __init__(
+        self,
+        target: str | Path | Callable[[dict[str, Any]], Any],
+        *,
+        capacity: int = 10_000,
+        interval: float = 0.05,
+    ):
+        self.capacity = capacity
+        self.interval = interval
+        self.pending: collections.deque[dict[str, Any] | str] = collections.deque()
         self.dropped = 0
         self.written = 0
+        self._closing = threading.Event()
+        self._target: Callable[[dict[str, Any]], Any] | None = None
+        self._file: logging.handlers.RotatingFileHandler | None = None
         if callable(target):
-            self._write: Callable[[dict[str, Any]], Any] = target
+            self._target = target
         else:
             path = Path(target)
             path.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.handlers.RotatingFileHandler(path, maxBytes=64 << 20, backupCount=3)
-            handler.setFormatter(logging.Formatter("%(message)s"))
-            self._file = handler
-            self._write = lambda record: handler.emit(logging.makeLogRecord({"msg": json.dumps(record)}))
+            self._file = logging.handlers.RotatingFileHandler(path, maxBytes=64 << 20, backupCount=3)
+            self._file.setFormatter(logging.Formatter("%(message)s"))
         self._thread = threading.Thread(target=self._run, name="servegraph-records", daemon=True)
         self._thread.start()
 
-    def put(self, record: dict[str, Any]) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
+    def full(self) -> bool:
+        return len(self.pending) >= self.capacity
+
+    def put(self, record: dict[str, Any] | str) -> None:
+        if len(self.pending) >= self.capacity:
             self.dropped += 1
+        else:
+            self.pending.append(record)
 
     def close(self, timeout: float = 5.0) -> None:
-        with contextlib.suppress(queue.Full):
-            self.queue.put(None, timeout=timeout)
+        """Write what is pending (for up to `timeout` seconds), then stop."""
+        self._closing.set()
         self._thread.join(timeout)
-        if hasattr(self, "_file"):
+        if self._file is not None and not self._thread.is_alive():
             self._file.close()
 
     def _run(self) -> None:
-        while (record := self.queue.get()) is not None:
+        while True:
+            closing = self._closing.wait(self.interval)
+            while self.pending:
+                self._write([self.pending.popleft() for _ in range(len(self.pending))])
+            if closing:
+                return
+
+    def _write(self, batch: list[dict[str, Any] | str]) -> None:
+        if self._target is not None:
+            for record in batch:
+                try:
+                    self._target(json.loads(record) if isinstance(record, str) else record)
+                    self.written += 1
+                except Exception:
+                    self.dropped += 1
+                    logger.exception("monitoring sink failed; record dropped")
+            return
+        lines = []
+        for record in batch:
             try:
-                self._write(record)
-                self.written += 1
+                lines.append(record if isinstance(record, str) else json.dumps(record))
             except Exception:
                 self.dropped += 1
-                logger.exception("monitoring sink failed; record dropped")
+                logger.exception("monitoring record is not JSON; dropped")
+        if lines:
+            assert self._file is not None
+            self._file.emit(logging.makeLogRecord({"msg": "\n".join(lines)}))
+            self.written += len(lines)
 
 
 def _truncate(value: Any, limit: int) -> Any:
     """A JSON-safe rendering of a body, cut to `limit` characters (arrays shown by dtype and shape)."""
-    text = json.dumps(value, default=_describe)
+    text = _ENCODER.encode(value)
     return json.loads(text) if len(text) <= limit else text[:limit] + "…"
 
 
@@ -104,6 +141,10 @@ def _describe(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return f"<{len(value)} bytes>"
     return repr(value)
+
+
+_ENCODER = json.JSONEncoder(default=_describe)
+"""One encoder for every record (``json.dumps(default=...)`` builds a new one per call)."""
 
 
 def usage_of(result: Any) -> dict[str, Any] | None:
@@ -198,21 +239,33 @@ class Monitor:
             self.tokens.labels(endpoint, "in").inc(prompt)
             self.tokens.labels(endpoint, "out").inc(completion)
         if record and self.records is not None:
-            self.records.put(
-                {
-                    "time": time.time(),
-                    "graph": self.graph_name,
-                    "endpoint": endpoint,
-                    "step": step,
-                    "labels": labels or {},
-                    "request_id": request_id,
-                    "inputs": _truncate(inputs, self.max_value_chars),
-                    "outputs": None if error is not None else _truncate(result, self.max_value_chars),
-                    "latency_ms": round(elapsed * 1e3, 3),
-                    "usage": usage,
-                    "error": None if error is None else f"{type(error).__name__}: {error}",
-                }
-            )
+            if self.records.full():  # count the drop before spending anything on the record
+                self.records.dropped += 1
+                return
+            entry = {
+                "time": time.time(),
+                "graph": self.graph_name,
+                "endpoint": endpoint,
+                "step": step,
+                "labels": labels or {},
+                "request_id": request_id,
+                "inputs": inputs,
+                "outputs": None if error is not None else result,
+                "latency_ms": round(elapsed * 1e3, 3),
+                "usage": usage,
+                "error": None if error is None else f"{type(error).__name__}: {error}",
+            }
+            try:  # encoded now, as the bodies are at this moment; cut each body only when the whole is long
+                line = _ENCODER.encode(entry)
+                if len(line) > self.max_value_chars:
+                    entry["inputs"] = _truncate(inputs, self.max_value_chars)
+                    entry["outputs"] = None if error is not None else _truncate(result, self.max_value_chars)
+                    line = _ENCODER.encode(entry)
+            except Exception:  # a body JSON cannot render (e.g. non-string keys): drop the record, not the call
+                self.records.dropped += 1
+                logger.warning("monitoring record for '%s' could not be rendered; dropped", endpoint, exc_info=True)
+            else:
+                self.records.put(line)
 
     def step(self, step: str, elapsed: float, failed: bool) -> None:
         observer = self._step_observers.get(step)

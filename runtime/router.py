@@ -86,19 +86,21 @@ class Router:
         self.port = self.server.add_insecure_port(address)
         if not self.port:
             raise OSError(f"cannot bind {address}")
+        if self.metrics_port is not None:  # before the models load: a taken port fails at once
+            self._metrics_server, _ = start_http_server(
+                self.metrics_port, addr=self.host, registry=self.monitor.registry
+            )
+            self.metrics_port = self._metrics_server.server_port
+        self.monitor.workers = lambda: self.engine.models.workers
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         try:
             await self.engine.start()
         except BaseException:
             await self.server.stop(None)
+            self._stop_metrics()
+            self.monitor.close()
             raise
-        self.monitor.workers = lambda: self.engine.models.workers
-        if self.metrics_port is not None:
-            self._metrics_server, _ = start_http_server(
-                self.metrics_port, addr=self.host, registry=self.monitor.registry
-            )
-            self.metrics_port = self._metrics_server.server_port
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         return self.port
 
@@ -106,9 +108,14 @@ class Router:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
         await self.engine.stop()
+        self._stop_metrics()
+        self.monitor.close()
+
+    def _stop_metrics(self) -> None:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
-        self.monitor.close()
+            self._metrics_server.server_close()  # frees the port now, not when collected
+            self._metrics_server = None
 
     async def _set_health(self, status: int) -> None:
         await self.health.set("", status)
