@@ -29,34 +29,41 @@ _MAX_EXACT_INT = 2**53
 
 
 class _Extractor:
-    """Collects the arrays and byte strings of a value, handing back their markers."""
+    """Writes the arrays and byte strings of a value into `tensors` (a message's repeated field, filled
+    in place: adding a built Tensor to it would copy its bytes again), handing back their markers."""
 
-    __slots__ = ("tensors",)
+    __slots__ = ("count", "tensors")
 
-    def __init__(self) -> None:
-        self.tensors: list[types_pb2.Tensor] = []
+    def __init__(self, tensors: Any) -> None:
+        self.tensors = tensors
+        self.count = 0
 
     def marker(self, value: Any) -> dict[str, int] | Any:
         if isinstance(value, np.ndarray):
             if value.dtype.kind in "OUSV":
                 return value.tolist()
-            self.tensors.append(encode_tensor(value))
+            encode_tensor(value, self.tensors.add())
         elif isinstance(value, bytes | bytearray | memoryview):
-            self.tensors.append(types_pb2.Tensor(dtype=BYTES_DTYPE, data=bytes(value)))
+            self.tensors.add(dtype=BYTES_DTYPE, data=bytes(value))
         elif isinstance(value, np.generic):
             return value.item()
         else:
             raise InvalidArgument(
                 f"cannot encode a {type(value).__name__} value: use JSON values, bytes or numpy arrays"
             )
-        return {TENSOR_KEY: len(self.tensors) - 1}
+        self.count += 1
+        return {TENSOR_KEY: self.count - 1}
 
 
-def encode_tensor(array: np.ndarray) -> types_pb2.Tensor:
+def encode_tensor(array: np.ndarray, tensor: types_pb2.Tensor | None = None) -> types_pb2.Tensor:
     array = np.ascontiguousarray(array).reshape(array.shape)  # ascontiguousarray makes 0-d arrays 1-d
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return types_pb2.Tensor(dtype=array.dtype.name, shape=array.shape, data=array.tobytes())
+    tensor = tensor if tensor is not None else types_pb2.Tensor()
+    tensor.dtype = array.dtype.name
+    tensor.shape.extend(array.shape)
+    tensor.data = array.tobytes()
+    return tensor
 
 
 def decode_tensor(tensor: types_pb2.Tensor, where: str = "tensor") -> np.ndarray | bytes:
@@ -90,10 +97,7 @@ def _tensor_ref(tensors: Sequence[Any], index: Any) -> Any:
 # -- JSON text (worker payloads) ------------------------------------------------------------------
 def to_payload(value: Any, payload: types_pb2.Payload | None = None) -> types_pb2.Payload:
     payload = payload if payload is not None else types_pb2.Payload()
-    extractor = _Extractor()
-    payload.json = json.dumps(value, default=extractor.marker, separators=(",", ":")).encode()
-    if extractor.tensors:
-        payload.tensors.extend(extractor.tensors)
+    payload.json = json.dumps(value, default=_Extractor(payload.tensors).marker, separators=(",", ":")).encode()
     return payload
 
 
@@ -120,10 +124,7 @@ def from_payload(payload: types_pb2.Payload) -> Any:
 # -- google.protobuf.Value (public service) ------------------------------------------------------
 def to_value(value: Any, target: struct_pb2.Value, tensors: Any) -> None:
     """Write `value` into the Value `target`, appending its arrays and bytes to `tensors`."""
-    extractor = _Extractor()
-    _fill(value, target, extractor)
-    if extractor.tensors:
-        tensors.extend(extractor.tensors)
+    _fill(value, target, _Extractor(tensors))
 
 
 def from_value(value: struct_pb2.Value, tensors: Sequence[types_pb2.Tensor] = ()) -> Any:

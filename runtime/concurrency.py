@@ -9,23 +9,25 @@ from typing import TypeVar
 Request = TypeVar("Request")
 Answer = TypeVar("Answer")
 
-_DONE = object()
-
 
 async def answer_concurrently(
     requests: AsyncIterator[Request], answer: Callable[[Request], AsyncIterator[Answer]]
-) -> AsyncIterator[Answer]:
+) -> AsyncIterator[list[Answer]]:
     """Start `answer` for each request as it arrives; yield what they produce, in the order produced.
 
-    Ends when the requests end and every answer has finished; closing it cancels what still runs.
-    `answer` must not raise: failures are answers too (V2 streams and worker calls report them in-band).
+    Items come in lists of those that were ready together, so a caller that can send several in one
+    message does (one item a list when the answers come one at a time). Ends when the requests end
+    and every answer has finished; closing it cancels what still runs. `answer` must not raise:
+    failures are answers too (V2 streams and worker calls report them in-band).
     """
-    answers: asyncio.Queue[object] = asyncio.Queue()
+    ready: list[Answer] = []
+    wake = asyncio.Event()
     running: set[asyncio.Task[None]] = set()
 
     async def forward(request: Request) -> None:
         async for item in answer(request):
-            answers.put_nowait(item)
+            ready.append(item)
+            wake.set()
 
     async def read() -> None:
         async for request in requests:
@@ -33,12 +35,19 @@ async def answer_concurrently(
             running.add(task)
             task.add_done_callback(running.discard)
         await asyncio.gather(*running)
-        answers.put_nowait(_DONE)
+        wake.set()
 
     reader = asyncio.create_task(read())
     try:
-        while (item := await answers.get()) is not _DONE:
-            yield item  # type: ignore[misc]
+        while True:
+            await wake.wait()
+            wake.clear()
+            if ready:
+                batch = ready.copy()
+                ready.clear()
+                yield batch
+            elif reader.done():
+                break
         await reader
     finally:
         reader.cancel()

@@ -24,7 +24,7 @@ import grpc
 from . import codec
 from .errors import DeadlineExceeded, GraphError, RemoteError, Unavailable
 from .graph import Graph
-from .models import ModelArtifact, ModelRunnerStep, ModelSpec
+from .models import IN_WORKERS, ModelArtifact, ModelRunnerStep, ModelSpec
 from .v1 import worker_pb2
 from .workers.calls import StreamClosed
 from .workers.host import HostedModel, streams
@@ -137,25 +137,33 @@ class WorkerHandle(ModelHandle):
     def ready(self) -> bool:
         return any(not worker.is_down() for worker in self.workers.processes)
 
-    def _request(
-        self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, request_id: str, operation: str = ""
-    ) -> worker_pb2.PredictRequest:
-        request = worker_pb2.PredictRequest(model=self.spec.name, operation=operation, request_id=request_id)
+    def _fill(
+        self,
+        request: worker_pb2.PredictRequest,
+        body: Any,
+        endpoint: str | None,
+        artifact: ModelArtifact | None,
+        request_id: str,
+        operation: str = "",
+    ) -> None:
+        request.model = self.spec.name
+        request.request_id = request_id
+        request.operation = operation
         codec.to_payload(body, request.body)
         if endpoint:
             request.endpoint = endpoint
             codec.to_payload(artifact.to_dict() if artifact else None, request.artifact)
-        return request
 
     async def _call(
         self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, operation: str | None, request_id: str
     ) -> Any:
-        request = self._request(body, endpoint, artifact, request_id, operation or "")
         worker = self.workers.pick()
         await worker.wait_ready(self.timeout or START_TIMEOUT)
         worker.in_flight += 1
         try:
-            response = await worker.calls.call(request)  # type: ignore[union-attr]
+            response = await worker.calls.call(  # type: ignore[union-attr]
+                lambda request: self._fill(request, body, endpoint, artifact, request_id, operation or "")
+            )
         except StreamClosed:
             raise self._unavailable(worker, endpoint) from None
         finally:
@@ -167,7 +175,8 @@ class WorkerHandle(ModelHandle):
     async def _stream(
         self, body: Any, endpoint: str | None, artifact: ModelArtifact | None, request_id: str
     ) -> AsyncIterator[Any]:
-        request = self._request(body, endpoint, artifact, request_id)
+        request = worker_pb2.PredictRequest()
+        self._fill(request, body, endpoint, artifact, request_id)
         worker = self.workers.pick()
         stub = await worker.wait_ready(self.timeout or START_TIMEOUT)
         worker.in_flight += 1
@@ -229,6 +238,10 @@ class ModelHub:
             if endpoint.model is not None:
                 found[name] = (endpoint.model, step)
         return found
+
+    def hosts_workers(self) -> bool:
+        """Whether some model runs in a worker process (which the router must then supervise)."""
+        return any(spec.execution_mechanism in IN_WORKERS for spec, _ in self.models().values())
 
     async def start(self) -> None:
         try:

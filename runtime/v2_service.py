@@ -64,8 +64,9 @@ class InferenceService:
 
         A failing request answers with ``error_message`` and the stream goes on.
         """
-        async for response in answer_concurrently(requests, self._stream_answers):
-            yield response
+        async for responses in answer_concurrently(requests, self._stream_answers):
+            for response in responses:
+                yield response
 
     async def _stream_answers(self, request: Any) -> AsyncIterator[Any]:
         try:

@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -44,21 +44,44 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self.in_flight = 0
 
     async def Predict(
-        self, requests: AsyncIterator[worker_pb2.PredictRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[worker_pb2.PredictResponse]:
-        """Serve the router's unary calls as they arrive on the stream, answering each when done."""
-        async for response in answer_concurrently(requests, self._answer):
-            yield response
+        self, batches: AsyncIterator[worker_pb2.PredictBatch], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[worker_pb2.PredictResults]:
+        """Serve the router's unary calls as they arrive on the stream, answering each when done
+        (the answers ready together in one message)."""
 
-    async def _answer(self, request: worker_pb2.PredictRequest) -> AsyncIterator[worker_pb2.PredictResponse]:
+        async def requests() -> AsyncIterator[worker_pb2.PredictRequest]:
+            async for batch in batches:
+                for request in batch.requests:
+                    yield request
+
+        async for answers in answer_concurrently(requests(), self._answer):
+            results = worker_pb2.PredictResults()
+            for write in answers:
+                write(results.responses.add())
+            yield results
+
+    async def _answer(
+        self, request: worker_pb2.PredictRequest
+    ) -> AsyncIterator[Callable[[worker_pb2.PredictResponse], None]]:
+        """How to write the answer into the outgoing message (building a response apart and adding it
+        to the message would copy it: milliseconds for a tensor of a few MB)."""
+        call_id = request.call_id
         try:
             result = await self._predict(request)
-            yield worker_pb2.PredictResponse(call_id=request.call_id, result=codec.to_payload(result))
         except Exception as error:
             _log_failure(error, request)
-            yield worker_pb2.PredictResponse(
-                call_id=request.call_id, error_code=status_of(error), error_message=describe(error)
-            )
+            code, message = status_of(error), describe(error)
+
+            def write(response: worker_pb2.PredictResponse) -> None:
+                response.call_id, response.error_code, response.error_message = call_id, code, message
+
+        else:
+
+            def write(response: worker_pb2.PredictResponse) -> None:
+                response.call_id = call_id
+                codec.to_payload(result, response.result)
+
+        yield write
 
     async def _predict(self, request: worker_pb2.PredictRequest) -> Any:
         model, body, endpoint, artifact = self._unpack(request)
@@ -84,7 +107,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             else:
                 chunks = ChunkPump(model.stream(body, endpoint, artifact), self.thread).__aiter__()
             async for chunk in chunks:
-                yield worker_pb2.PredictResponse(result=codec.to_payload(chunk))
+                response = worker_pb2.PredictResponse()
+                codec.to_payload(chunk, response.result)
+                yield response
         except Exception as error:
             _log_failure(error, request)
             await context.abort(grpc.StatusCode[status_of(error)], describe(error))

@@ -36,8 +36,8 @@ class WorkerStub:
         """
         self.Predict = channel.stream_stream(
                 '/servegraph.v1.Worker/Predict',
-                request_serializer=servegraph_dot_v1_dot_worker__pb2.PredictRequest.SerializeToString,
-                response_deserializer=servegraph_dot_v1_dot_worker__pb2.PredictResponse.FromString,
+                request_serializer=servegraph_dot_v1_dot_worker__pb2.PredictBatch.SerializeToString,
+                response_deserializer=servegraph_dot_v1_dot_worker__pb2.PredictResults.FromString,
                 _registered_method=True)
         self.PredictStream = channel.unary_stream(
                 '/servegraph.v1.Worker/PredictStream',
@@ -56,7 +56,9 @@ class WorkerServicer:
 
     def Predict(self, request_iterator, context):
         """Unary predicts, many at once on one long-lived stream per worker (a gRPC call each would cost
-        more than a small model's predict): each response answers the request with its call_id.
+        more than a small model's predict): each response answers the request with its call_id. A
+        message carries every request (or response) that was ready to go at once, so under load one
+        stream message does the work of many.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -81,8 +83,8 @@ def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Predict': grpc.stream_stream_rpc_method_handler(
                     servicer.Predict,
-                    request_deserializer=servegraph_dot_v1_dot_worker__pb2.PredictRequest.FromString,
-                    response_serializer=servegraph_dot_v1_dot_worker__pb2.PredictResponse.SerializeToString,
+                    request_deserializer=servegraph_dot_v1_dot_worker__pb2.PredictBatch.FromString,
+                    response_serializer=servegraph_dot_v1_dot_worker__pb2.PredictResults.SerializeToString,
             ),
             'PredictStream': grpc.unary_stream_rpc_method_handler(
                     servicer.PredictStream,
@@ -120,8 +122,8 @@ class Worker:
             request_iterator,
             target,
             '/servegraph.v1.Worker/Predict',
-            servegraph_dot_v1_dot_worker__pb2.PredictRequest.SerializeToString,
-            servegraph_dot_v1_dot_worker__pb2.PredictResponse.FromString,
+            servegraph_dot_v1_dot_worker__pb2.PredictBatch.SerializeToString,
+            servegraph_dot_v1_dot_worker__pb2.PredictResults.FromString,
             options,
             channel_credentials,
             insecure,
