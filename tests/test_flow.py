@@ -1,6 +1,8 @@
 """Straight flows: steps of every calling convention, paths, full events, context, and the mock server's modes."""
 
 import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import graph_steps
 import pytest
@@ -175,3 +177,29 @@ def test_atest_from_asyncio_run_inside_sync_with():
     with three_step_graph().to_mock_server() as mock:
         assert asyncio.run(mock.atest(body={"x": 1})) == {"x": 36, "by": "mul"}
         assert mock.test(body={"x": 1}) == {"x": 36, "by": "mul"}
+
+
+def test_sync_test_from_code_running_an_event_loop_as_in_a_notebook():
+    async def cell():  # a notebook cell: sync calls while the kernel's loop runs
+        with three_step_graph().to_mock_server() as mock:
+            return mock.test(body={"x": 1}), await mock.atest(body={"x": 2})
+
+    assert asyncio.run(cell()) == ({"x": 36, "by": "mul"}, {"x": 81, "by": "mul"})
+
+
+def test_sync_test_from_several_threads_at_once():
+    with three_step_graph().to_mock_server() as mock, ThreadPoolExecutor(4) as callers:
+        results = list(callers.map(lambda x: mock.test(body={"x": x}), range(20)))
+    assert [r["x"] for r in results] == [(3 * (x + 1)) ** 2 for x in range(20)]
+
+
+def test_closing_stops_a_stream_left_half_read_and_leaves_no_thread_behind():
+    closed = threading.Event()
+    graph = sg.Graph("endless")
+    graph.to(graph_steps.Endless(closed), name="source").respond()
+    before = threading.active_count()
+    with graph.to_mock_server() as mock:
+        chunks = mock.test(body={})
+        assert next(chunks) == {"i": 0}
+    assert closed.is_set()
+    assert threading.active_count() == before
