@@ -1,15 +1,24 @@
-"""V2 ModelInfer (a 16-float FP32 tensor) on a model in the router and on one in a dedicated worker.
+"""V2 ModelInfer (a 16-float FP32 tensor): servegraph and MLServer 1.7 side by side, in the same run.
 
-The client sends prebuilt request bytes over a plain grpc.aio channel, so the numbers are the
-server's. References (not measured in this run): MLServer 1.7 on this machine does ~1.1-1.3k req/s
-with 8 clients for a model in its process, ~0.6-0.9k through its worker pool.
+servegraph serves `benchmarks.served:v2_models`: the Identity model in the router (`in_router`) and in a
+dedicated worker (`in_worker`). MLServer (from `.venv-mlserver`, installed on first use, see `mlserver_side.py`)
+serves the same identity model in its main process (`parallel_workers: 0`) and through its default inference
+pool (`parallel_workers: 1`). All servers run at once, each in its own process; one client drives each with the
+same `load` (prebuilt request bytes over a plain grpc.aio channel, 1 and 8 concurrent callers), alternating
+MLServer and servegraph case by case so that both see the same machine. Each servegraph line ends with its
+throughput over the MLServer configuration it compares with, measured just before: in_router vs MLServer
+in-process, in_worker vs MLServer's worker pool. server CPU is the CPU time per request of the process that
+terminates gRPC (servegraph's router, MLServer's main process; workers excluded). If MLServer cannot be installed
+or started, one line says why and servegraph's numbers come alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -17,10 +26,27 @@ import numpy as np
 from servegraph.launcher import launch
 from servegraph.v2_protocol import ModelInferRequest
 
+from . import mlserver_side
 from .bench_router import cpu_seconds, percentile
 
 DURATION = float(os.environ.get("BENCH_SECONDS", "3"))
-MLSERVER = {"in_router": 1200, "in_worker": 750}
+WARMUP = 100
+# servegraph model, the MLServer configuration it is compared with, the target throughput ratio at 8 clients.
+CASES = (("in_router", "in-process", 1.5), ("in_worker", "worker pool", 2.0))
+
+
+@dataclass
+class Result:
+    rate: float
+    p50: float
+    p99: float
+    cpu: float
+
+    def line(self, name: str, concurrency: int) -> str:
+        return (
+            f"{name:>20} x{concurrency}: {self.rate:7.0f} req/s   p50 {self.p50 * 1e3:5.2f} ms"
+            f"   p99 {self.p99 * 1e3:5.2f} ms   server CPU {self.cpu * 1e6:4.0f} us/req"
+        )
 
 
 def request_bytes(model: str) -> bytes:
@@ -31,11 +57,13 @@ def request_bytes(model: str) -> bytes:
 
 
 async def load(address: str, model: str, concurrency: int) -> tuple[float, list[float]]:
+    """Throughput and latencies of `concurrency` callers on one channel: bytes in, bytes out, so the cost is the
+    server's, and MLServer and servegraph get the very same client."""
     payload = request_bytes(model)
     latencies: list[float] = []
     async with grpc.aio.insecure_channel(address) as channel:
         infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-        for _ in range(100):
+        for _ in range(WARMUP):
             await infer(payload)
         stop_at = time.perf_counter() + DURATION
 
@@ -50,26 +78,58 @@ async def load(address: str, model: str, concurrency: int) -> tuple[float, list[
         return len(latencies) / (time.perf_counter() - began), latencies
 
 
-def main() -> None:
+def measure(address: str, pid: int, model: str, concurrency: int) -> Result:
+    """One case, with the CPU time the server's gRPC process spent on it (warm-up calls included)."""
     import uvloop
 
-    print("== V2 ModelInfer, FP32[1,16]: model in the router vs in a dedicated worker ==")
-    with launch("benchmarks.served:v2_models") as router:
-        for model in ("in_router", "in_worker"):
-            for concurrency in (1, 8):
-                before = cpu_seconds(router.process.pid)
-                rate, latencies = uvloop.run(load(router.address, model, concurrency))
-                cost = (cpu_seconds(router.process.pid) - before) / (len(latencies) + 100)
-                reference = (
-                    f"   vs MLServer ~{MLSERVER[model]} req/s: {rate / MLSERVER[model]:.2f}x"
-                    if concurrency == 8
-                    else ""
-                )
-                p50, p99 = percentile(latencies, 0.5) * 1e3, percentile(latencies, 0.99) * 1e3
-                print(
-                    f"{model:>9} x{concurrency}: {rate:7.0f} req/s   p50 {p50:5.2f} ms   p99 {p99:5.2f} ms"
-                    f"   router CPU {cost * 1e6:4.0f} us/req{reference}"
-                )
+    before = cpu_seconds(pid)
+    rate, latencies = uvloop.run(load(address, model, concurrency))
+    cpu = (cpu_seconds(pid) - before) / (len(latencies) + WARMUP)
+    return Result(rate, percentile(latencies, 0.5), percentile(latencies, 0.99), cpu)
+
+
+def one_line(error: BaseException) -> str:
+    """gRPC errors print over several lines; the benchmark's output keeps one line per event."""
+    return " ".join(str(error).split())[:200]
+
+
+def start_mlservers(stack: contextlib.ExitStack) -> dict[str, mlserver_side.Served]:
+    """The MLServer configurations that could be started; each one that could not is one printed line."""
+    try:
+        executable = mlserver_side.ensure_installed()
+    except mlserver_side.Unavailable as error:
+        print(f"MLServer could not be installed ({error}); servegraph's numbers alone", flush=True)
+        return {}
+    served = {}
+    for config, workers in mlserver_side.CONFIGS.items():
+        try:
+            served[config] = stack.enter_context(mlserver_side.serve(executable, workers))
+        except Exception as error:  # never let MLServer take the benchmark down
+            print(f"MLServer {config} did not start ({one_line(error)}); compared without it", flush=True)
+    return served
+
+
+def main() -> None:
+    print(f"== V2 ModelInfer, FP32[1,16]: servegraph (in the router / a worker) vs MLServer {mlserver_side.VERSION} ==")
+    with contextlib.ExitStack() as stack:
+        router = stack.enter_context(launch("benchmarks.served:v2_models"))
+        mlservers = start_mlservers(stack)
+        for concurrency in (1, 8):
+            for model, config, target in CASES:
+                baseline = None
+                if server := mlservers.get(config):
+                    try:
+                        baseline = measure(server.address, server.pid, mlserver_side.MODEL, concurrency)
+                        print(baseline.line(f"MLServer {config}", concurrency), flush=True)
+                    except Exception as error:  # a failing MLServer leaves servegraph's numbers standing
+                        print(f"MLServer {config} failed ({one_line(error)}); compared without it", flush=True)
+                        del mlservers[config]
+                result = measure(router.address, router.process.pid, model, concurrency)
+                ratio = ""
+                if baseline is not None:
+                    wanted = f" (target >= {target:g}x)" if concurrency == 8 else ""
+                    ratio = f"   {result.rate / baseline.rate:.2f}x MLServer {config}{wanted}"
+                print(result.line(model, concurrency) + ratio, flush=True)
 
 
 if __name__ == "__main__":
