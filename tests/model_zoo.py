@@ -186,3 +186,10 @@ class AsyncPick(sg.ModelSelector):
     async def select(self, event, available_models):
         await asyncio.sleep(0)
         return [event["only"]]
+
+
+class Scale(sg.Model):
+    """Returns its array times ``body["by"]``, with the array's own sum, so each answer is checkable."""
+
+    def predict(self, body):
+        return {"y": body["x"] * body["by"], "sum": float(body["x"].sum()), "by": body["by"]}

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import model_zoo
+import numpy as np
 import pytest
 from served_models import IN_ROUTER, IN_WORKERS, MECHANISMS, PROXIES, build_tokens, build_zoo
 
@@ -383,3 +384,22 @@ def test_async_mock_streams_a_worker_model_and_closing_stops_it():
             return time.monotonic() - started
 
     assert asyncio.run(main()) < 3
+
+
+@pytest.mark.parametrize("mechanism", IN_WORKERS)
+def test_many_concurrent_calls_on_workers_each_get_their_own_answer(mechanism):
+    """Calls in flight together share a worker's stream (several to a message): none may get another's answer."""
+    rng = np.random.default_rng(7)
+    bodies = [
+        {"x": rng.standard_normal(int(n)).astype(np.float32), "by": i} for i, n in enumerate(rng.integers(1, 5000, 60))
+    ]
+
+    async def main():
+        graph = runner_graph(("scale", model_zoo.Scale, mechanism), name=f"scale-{mechanism}")
+        async with graph.to_mock_server() as mock:
+            return await asyncio.gather(*(mock.atest(body=body) for body in bodies))
+
+    for body, result in zip(bodies, asyncio.run(main()), strict=True):
+        assert result["by"] == body["by"]
+        np.testing.assert_array_equal(result["y"], body["x"] * body["by"])
+        assert result["sum"] == pytest.approx(float(body["x"].sum()))
