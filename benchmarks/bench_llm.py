@@ -1,20 +1,27 @@
 """SmolLM2 token streaming through router + worker + gRPC against `model.generate` in-process.
 
-Both generate the same number of tokens from the same prompt with one torch thread, one after the
-other (never competing for the 2 cores). Time to first token in-process is a 1-token `generate`.
+Both generate the same number of tokens from the same prompt with one torch thread. Their rounds
+alternate (in-process, served, in-process, ...), never overlapping, so both sides see the machine in
+the same state: on these shared 2-core machines speed drifts by a quarter within a minute. Each side
+reports its best round. Time to first token in-process is a 1-token `generate`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Callable, Iterator
 
 QUESTION = "Explain in a few sentences why diversification lowers the risk of a portfolio."
 TOKENS = int(os.environ.get("BENCH_LLM_TOKENS", "64"))
 ROUNDS = 5
 
+Round = Callable[[], tuple[float, float]]
+"""One generation: (tokens/s, seconds to the first token)."""
 
-def in_process() -> tuple[float, float]:
+
+def in_process() -> Round:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -27,44 +34,50 @@ def in_process() -> tuple[float, float]:
     inputs = tokenizer.apply_chat_template(
         [{"role": "user", "content": QUESTION}], add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
-    rates, firsts = [], []
-    with torch.inference_mode():
-        model.generate(**inputs, max_new_tokens=4, do_sample=False)
-        for _ in range(ROUNDS):
+    prompt_length = inputs["input_ids"].shape[1]
+
+    def one_round() -> tuple[float, float]:
+        with torch.inference_mode():
             started = time.perf_counter()
             model.generate(**inputs, max_new_tokens=1, do_sample=False)
-            firsts.append(time.perf_counter() - started)
+            first = time.perf_counter() - started
             started = time.perf_counter()
             output = model.generate(**inputs, max_new_tokens=TOKENS, min_new_tokens=TOKENS, do_sample=False)
-            rates.append((output.shape[1] - inputs["input_ids"].shape[1]) / (time.perf_counter() - started))
-    return max(rates), min(firsts)
+            return (output.shape[1] - prompt_length) / (time.perf_counter() - started), first
+
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    return one_round
 
 
-def served() -> tuple[float, float]:
+@contextlib.contextmanager
+def served() -> Iterator[Round]:
     from servegraph.clients import Client
     from servegraph.launcher import launch
 
-    rates, firsts = [], []
     body = {"messages": [{"role": "user", "content": QUESTION}]}
     with launch("benchmarks.served:smollm2", timeout=600) as router, Client(router.address) as client:
-        client.invoke(body)
-        for _ in range(ROUNDS):
+
+        def one_round() -> tuple[float, float]:
             started = time.perf_counter()
             first = None
             for chunk in client.stream(body):
                 if first is None:
                     first = time.perf_counter() - started
                 final = chunk
-            tokens = final["usage"]["completion_tokens"]
-            rates.append(tokens / (time.perf_counter() - started))
-            firsts.append(first or 0.0)
-    return max(rates), min(firsts)
+            return final["usage"]["completion_tokens"] / (time.perf_counter() - started), first or 0.0
+
+        client.invoke(body)
+        yield one_round
 
 
 def main() -> None:
     print(f"== SmolLM2-135M: {TOKENS} tokens, served (router + worker + gRPC stream) vs in-process generate ==")
-    base_rate, base_first = in_process()
-    rate, first = served()
+    local = in_process()
+    with served() as remote:
+        rounds = [(local(), remote()) for _ in range(ROUNDS)]
+    base_rate, rate = max(pair[0][0] for pair in rounds), max(pair[1][0] for pair in rounds)
+    base_first, first = min(pair[0][1] for pair in rounds), min(pair[1][1] for pair in rounds)
     print(f"in-process generate : {base_rate:6.1f} tokens/s   first token {base_first * 1e3:6.1f} ms")
     print(f"served, streamed    : {rate:6.1f} tokens/s   first token {first * 1e3:6.1f} ms")
     print(
