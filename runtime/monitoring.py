@@ -190,14 +190,21 @@ class Monitor:
             "servegraph_step_latency_seconds", "Step latency", ["step"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.step_failures = Counter("servegraph_step_failures", "Steps that raised", ["step"], registry=r)
-        self._step_observers: dict[str, Any] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self.workers: Callable[[], Iterable[Any]] = lambda: ()
         r.register(_WorkerCollector(self))
 
     # -- observations -----------------------------------------------------------------------------
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """A metric's child for these labels, looked up once: ``labels()`` costs more than the update."""
+        child = self._children.get((metric, labels))
+        if child is None:
+            child = self._children[metric, labels] = metric.labels(*labels)
+        return child
+
     def start(self, endpoint: str) -> float:
         self.stats[endpoint].in_flight += 1
-        self.in_flight.labels(endpoint).inc()
+        self._child(self.in_flight, endpoint).inc()
         return time.perf_counter()
 
     def finish(
@@ -226,18 +233,18 @@ class Monitor:
         else:
             stats.failures += 1
             stats.failed_ns += int(elapsed * 1e9)
-        self.in_flight.labels(endpoint).dec()
-        self.requests.labels(endpoint, code).inc()
-        self.latency.labels(endpoint).observe(elapsed)
+        self._child(self.in_flight, endpoint).dec()
+        self._child(self.requests, endpoint, code).inc()
+        self._child(self.latency, endpoint).observe(elapsed)
         if first_chunk is not None:
-            self.ttft.labels(endpoint).observe(first_chunk - started)
+            self._child(self.ttft, endpoint).observe(first_chunk - started)
         usage = usage_of(result) if error is None else None
         if usage:
             prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
             stats.tokens_in += prompt
             stats.tokens_out += completion
-            self.tokens.labels(endpoint, "in").inc(prompt)
-            self.tokens.labels(endpoint, "out").inc(completion)
+            self._child(self.tokens, endpoint, "in").inc(prompt)
+            self._child(self.tokens, endpoint, "out").inc(completion)
         if record and self.records is not None:
             if self.records.full():  # count the drop before spending anything on the record
                 self.records.dropped += 1
@@ -268,12 +275,9 @@ class Monitor:
                 self.records.put(line)
 
     def step(self, step: str, elapsed: float, failed: bool) -> None:
-        observer = self._step_observers.get(step)
-        if observer is None:
-            observer = self._step_observers[step] = self.step_latency.labels(step)
-        observer.observe(elapsed)
+        self._child(self.step_latency, step).observe(elapsed)
         if failed:
-            self.step_failures.labels(step).inc()
+            self._child(self.step_failures, step).inc()
 
     def close(self) -> None:
         if self.records is not None:
