@@ -12,7 +12,7 @@ from google.protobuf import json_format, struct_pb2
 from . import codec
 from .dataplane import DataPlane
 from .engine import Engine
-from .errors import ServingError, Unavailable
+from .errors import InvalidArgument, ServingError, Unavailable
 from .event import Event, new_event_id
 from .monitoring import EndpointStats
 from .v1 import graph_pb2, graph_pb2_grpc
@@ -34,9 +34,9 @@ class GraphService(graph_pb2_grpc.GraphServicer):
                 result = await self.dataplane.invoke_path(event)
             else:
                 result = await self.engine.run(event)
+            return _response(event.id, result)
         except Exception as exc:
             await _abort(context, exc, event)
-        return _response(event.id, result)
 
     async def InvokeStream(
         self, request: graph_pb2.InvokeRequest, context: grpc.aio.ServicerContext
@@ -103,7 +103,10 @@ class GraphService(graph_pb2_grpc.GraphServicer):
 
 def _response(event_id: str, result: Any) -> graph_pb2.InvokeResponse:
     response = graph_pb2.InvokeResponse(id=event_id)
-    codec.to_value(result, response.body, response.tensors)
+    try:
+        codec.to_value(result, response.body, response.tensors)
+    except InvalidArgument as failure:  # the request was fine: the graph's output is at fault
+        raise ServingError(f"the graph's response cannot be sent back: {failure}") from None
     return response
 
 

@@ -193,3 +193,10 @@ class Scale(sg.Model):
 
     def predict(self, body):
         return {"y": body["x"] * body["by"], "sum": float(body["x"].sum()), "by": body["by"]}
+
+
+class Unsendable(sg.Model):
+    """Returns a set (which no codec carries) when asked to, else its body."""
+
+    def predict(self, body):
+        return {"tags": {"a", "b"}} if body.get("unsendable") else body

@@ -31,6 +31,8 @@ async def stamp(body: dict) -> dict:
 def fail(body: dict) -> dict:
     if body.get("fail"):
         raise ValueError(f"asked to fail: {body['fail']}")
+    if body.get("unsendable"):
+        return {**body, "tags": {"a", "b"}}  # a set: no JSON, no codec
     return body
 
 

@@ -403,3 +403,13 @@ def test_many_concurrent_calls_on_workers_each_get_their_own_answer(mechanism):
         assert result["by"] == body["by"]
         np.testing.assert_array_equal(result["y"], body["x"] * body["by"])
         assert result["sum"] == pytest.approx(float(body["x"].sum()))
+
+
+@pytest.mark.parametrize("mechanism", IN_WORKERS)
+def test_a_result_the_codec_cannot_carry_fails_that_call_alone(mechanism):
+    graph = runner_graph(("unsendable", model_zoo.Unsendable, mechanism), name=f"unsendable-{mechanism}")
+    with graph.to_mock_server() as mock:
+        with pytest.raises(sg.ServingError, match="result cannot be sent back: cannot encode a set") as failure:
+            mock.test(body={"unsendable": True})
+        assert failure.value.code == "INTERNAL"
+        assert mock.test(body={"x": 1}) == {"x": 1}  # the worker's call stream is still up

@@ -52,6 +52,9 @@ def test_errors_map_to_status_codes_and_the_server_keeps_serving(flow):
         with pytest.raises(sg.ServingError, match=r"step 'fail' failed: ValueError: asked to fail: boom") as failed:
             client.invoke({"question": "q", "fail": "boom"})
         assert failed.value.code == "INTERNAL"
+        with pytest.raises(sg.ServingError, match="response cannot be sent back: cannot encode a set") as unsent:
+            client.invoke({"question": "q", "unsendable": True})
+        assert unsent.value.code == "INTERNAL"
         with pytest.raises(sg.DeadlineExceeded):
             client.invoke({"question": "q", "sleep": 2}, timeout=0.3)
         assert client.invoke({"question": "still up"})["answer"] == "Q: still up"

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -63,25 +64,14 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     async def _answer(
         self, request: worker_pb2.PredictRequest
     ) -> AsyncIterator[Callable[[worker_pb2.PredictResponse], None]]:
-        """How to write the answer into the outgoing message (building a response apart and adding it
-        to the message would copy it: milliseconds for a tensor of a few MB)."""
-        call_id = request.call_id
+        """How to write the answer into its place in the outgoing message (building a response apart
+        and adding it to the message would copy it: milliseconds for a tensor of a few MB)."""
         try:
             result = await self._predict(request)
         except Exception as error:
-            _log_failure(error, request)
-            code, message = status_of(error), describe(error)
-
-            def write(response: worker_pb2.PredictResponse) -> None:
-                response.call_id, response.error_code, response.error_message = call_id, code, message
-
+            yield functools.partial(_write_answer, request=request, error=error)
         else:
-
-            def write(response: worker_pb2.PredictResponse) -> None:
-                response.call_id = call_id
-                codec.to_payload(result, response.result)
-
-        yield write
+            yield functools.partial(_write_answer, request=request, result=result)
 
     async def _predict(self, request: worker_pb2.PredictRequest) -> Any:
         model, body, endpoint, artifact = self._unpack(request)
@@ -128,6 +118,25 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         body = codec.from_payload(request.body)
         artifact = ModelArtifact.from_dict(codec.from_payload(request.artifact)) if request.endpoint else None
         return model, body, request.endpoint or None, artifact
+
+
+def _write_answer(
+    response: worker_pb2.PredictResponse,
+    request: worker_pb2.PredictRequest,
+    result: Any = None,
+    error: Exception | None = None,
+) -> None:
+    """A call's result, or its failure; a result the codec cannot carry fails that call alone."""
+    response.call_id = request.call_id
+    if error is None:
+        try:
+            codec.to_payload(result, response.result)
+            return
+        except Exception as failure:  # the client's request was fine: the model's result is at fault
+            response.ClearField("result")
+            error = ServingError(f"the model's result cannot be sent back: {failure}")
+    _log_failure(error, request)
+    response.error_code, response.error_message = status_of(error), describe(error)
 
 
 def _log_failure(error: Exception, request: worker_pb2.PredictRequest) -> None:
