@@ -87,9 +87,13 @@ class Router:
         if not self.port:
             raise OSError(f"cannot bind {address}")
         if self.metrics_port is not None:  # before the models load: a taken port fails at once
-            self._metrics_server, _ = start_http_server(
-                self.metrics_port, addr=self.host, registry=self.monitor.registry
-            )
+            try:
+                self._metrics_server, _ = start_http_server(
+                    self.metrics_port, addr=self.host, registry=self.monitor.registry
+                )
+            except BaseException:
+                self.monitor.close()
+                raise
             self.metrics_port = self._metrics_server.server_port
         self.monitor.workers = lambda: self.engine.models.workers
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
