@@ -160,6 +160,15 @@ def worker_pids(client: Client) -> set[int]:
     return {pid_of(client.invoke, name) for name in CRASHY_WORKERS}
 
 
+def socket_directories(pids) -> set[str]:
+    """Where the workers' sockets are (``--socket PATH`` on their command lines)."""
+    found = set()
+    for pid in pids:
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        found.add(os.path.dirname(arguments[arguments.index("--socket") + 1]))
+    return found
+
+
 def test_no_worker_outlives_a_router_stopped_with_sigterm():
     with serve("served_models:crashy") as served, Client(served.address, timeout=20) as client:
         pids = worker_pids(client)
@@ -174,6 +183,7 @@ def test_no_worker_outlives_a_router_stopped_with_sigterm():
 def test_workers_of_a_router_killed_with_sigkill_exit_on_their_own():
     with serve("served_models:crashy") as served, Client(served.address, timeout=20) as client:
         pids = worker_pids(client)
+        directories = socket_directories(pids)
         try:
             with ThreadPoolExecutor(2) as pool:  # busy workers too: a sync predict in the middle of a long call
                 busy = [pool.submit(client.invoke, {"models": [name], "sleep": 30}) for name in ("victim", "pooled")]
@@ -183,6 +193,7 @@ def test_workers_of_a_router_killed_with_sigkill_exit_on_their_own():
                 killed = time.monotonic()
                 assert wait_gone(pids, 3.0) == set(), "workers must watch their parent"
                 assert time.monotonic() - killed < 3.0
+                assert not [path for path in directories if os.path.exists(path)], "the last worker out removes them"
                 for call in busy:
                     with pytest.raises(sg.Unavailable):
                         call.result(timeout=5)

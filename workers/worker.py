@@ -147,23 +147,38 @@ def _log_failure(error: Exception, request: worker_pb2.PredictRequest) -> None:
         )
 
 
-def watch_parent(parent: int) -> None:
+def watch_parent(parent: int, socket: str) -> None:
     """Exit with the router: the kernel signals us when it dies (Linux), else a poll notices."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:
+        clean_up_after(parent, socket)
         os._exit(0)
 
     async def poll() -> None:
         while os.getppid() == parent:
             await asyncio.sleep(1.0)
+        clean_up_after(parent, socket)
         os._exit(0)
 
     asyncio.get_running_loop().create_task(poll())
 
 
+def clean_up_after(parent: int, socket: str) -> None:
+    """A router that died (SIGKILL) left its private socket directory behind: its last worker removes it.
+
+    A live router removes both itself, and needs the directory to restart a worker that stopped.
+    """
+    if os.getppid() == parent:
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(socket)
+    with contextlib.suppress(OSError):  # fails while other workers' sockets are still in it
+        os.rmdir(os.path.dirname(socket))
+
+
 async def serve(socket: str, specs: dict[str, Any], parent: int) -> None:
-    watch_parent(parent)
+    watch_parent(parent, socket)
     models = {name: HostedModel(ModelSpec.from_dict(name, spec)) for name, spec in specs.items()}
     for model in models.values():
         model.load()
@@ -178,6 +193,7 @@ async def serve(socket: str, specs: dict[str, Any], parent: int) -> None:
     print(READY, flush=True)
     await stopping.wait()
     await server.stop(1.0)
+    clean_up_after(parent, socket)
 
 
 def main(argv: list[str] | None = None) -> int:
