@@ -32,11 +32,10 @@ class _Extractor:
     """Writes the arrays and byte strings of a value into `tensors` (a message's repeated field, filled
     in place: adding a built Tensor to it would copy its bytes again), handing back their markers."""
 
-    __slots__ = ("count", "tensors")
+    __slots__ = ("tensors",)
 
     def __init__(self, tensors: Any) -> None:
         self.tensors = tensors
-        self.count = 0
 
     def marker(self, value: Any) -> dict[str, int] | Any:
         if isinstance(value, np.ndarray):
@@ -51,8 +50,7 @@ class _Extractor:
             raise InvalidArgument(
                 f"cannot encode a {type(value).__name__} value: use JSON values, bytes or numpy arrays"
             )
-        self.count += 1
-        return {TENSOR_KEY: self.count - 1}
+        return {TENSOR_KEY: len(self.tensors) - 1}
 
 
 def encode_tensor(array: np.ndarray, tensor: types_pb2.Tensor | None = None) -> types_pb2.Tensor:
