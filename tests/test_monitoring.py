@@ -335,6 +335,26 @@ def test_in_flight_and_worker_queue_depth_while_a_call_runs(served, client):
     assert value(after, "servegraph_worker_queue_depth", worker="assistant") == 0
 
 
+def test_scraping_while_worker_calls_run_never_fails_a_call(served, client):
+    """The scrape reads worker liveness from the metrics thread while the router's loop checks it per call."""
+    stop = threading.Event()
+
+    def scrape_until_stopped():
+        while not stop.is_set():
+            served.scrape()
+
+    scrapers = [threading.Thread(target=scrape_until_stopped) for _ in range(2)]
+    for scraper in scrapers:
+        scraper.start()
+    try:
+        for _ in range(300):
+            assert client.invoke({"models": ["worker"]})["model"] == "worker"
+    finally:
+        stop.set()
+        for scraper in scrapers:
+            scraper.join(WAIT)
+
+
 def test_a_cancelled_stream_counts_as_cancelled(served, client):
     before = served.scrape()
     chunks = client.stream({"models": ["tokens"], "n": 100, "delay": 0.05})

@@ -17,6 +17,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import grpc
@@ -213,6 +214,7 @@ class _Child:
         os.set_blocking(self._out, False)
         self._loop.add_reader(self._out, self._read)
         self._poll = select.poll()
+        self._polling = threading.Lock()  # one poll object, asked from the loop and the metrics thread
         try:
             self._pidfd: int | None = os.pidfd_open(self.pid)
             self._loop.add_reader(self._pidfd, self._reap)
@@ -239,8 +241,14 @@ class _Child:
             self.popen.stdin.write(data)
 
     def exited(self) -> bool:
-        """Whether it has exited, even if the event loop has not run `_reap` yet (one poll(2) call)."""
-        return self._exited.done() or (self._pidfd is not None and bool(self._poll.poll(0)))
+        """Whether it has exited, even if the event loop has not run `_reap` yet (one poll(2) call).
+
+        Safe from any thread: a poll object refuses two callers at once, and the metrics scrape asks
+        from its own thread while the loop asks before every call."""
+        if self._exited.done():
+            return True
+        with self._polling:
+            return self._pidfd is not None and bool(self._poll.poll(0))
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exited)
@@ -269,9 +277,10 @@ class _Child:
     def _reap(self) -> None:
         if self._pidfd is not None:
             self._loop.remove_reader(self._pidfd)
-            self._poll.unregister(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
+            with self._polling:
+                self._poll.unregister(self._pidfd)
+                os.close(self._pidfd)
+                self._pidfd = None
         code = self.popen.wait()
         if not self._exited.done():
             self._exited.set_result(code)
