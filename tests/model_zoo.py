@@ -200,3 +200,11 @@ class Unsendable(sg.Model):
 
     def predict(self, body):
         return {"tags": {"a", "b"}} if body.get("unsendable") else body
+
+
+class UnsendableStream(sg.Model):
+    """Streams a good chunk, then a set (which no codec carries)."""
+
+    def predict(self, body):
+        yield {"i": 0}
+        yield {"tags": {"a", "b"}}

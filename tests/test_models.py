@@ -413,3 +413,14 @@ def test_a_result_the_codec_cannot_carry_fails_that_call_alone(mechanism):
             mock.test(body={"unsendable": True})
         assert failure.value.code == "INTERNAL"
         assert mock.test(body={"x": 1}) == {"x": 1}  # the worker's call stream is still up
+
+
+@pytest.mark.parametrize("mechanism", IN_WORKERS)
+def test_a_stream_chunk_the_codec_cannot_carry_ends_the_stream_as_internal(mechanism):
+    graph = runner_graph(("unsendable", model_zoo.UnsendableStream, mechanism), name=f"unsendable-stream-{mechanism}")
+    with graph.to_mock_server() as mock:
+        chunks = mock.test(body={}, stream=True)
+        assert next(chunks) == {"i": 0}
+        with pytest.raises(sg.ServingError, match="result cannot be sent back: cannot encode a set") as failure:
+            next(chunks)
+        assert failure.value.code == "INTERNAL"

@@ -98,7 +98,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 chunks = ChunkPump(model.stream(body, endpoint, artifact), self.thread).__aiter__()
             async for chunk in chunks:
                 response = worker_pb2.PredictResponse()
-                codec.to_payload(chunk, response.result)
+                _encode_result(chunk, response)
                 yield response
         except Exception as error:
             _log_failure(error, request)
@@ -130,13 +130,22 @@ def _write_answer(
     response.call_id = request.call_id
     if error is None:
         try:
-            codec.to_payload(result, response.result)
+            _encode_result(result, response)
             return
-        except Exception as failure:  # the client's request was fine: the model's result is at fault
+        except ServingError as failure:
             response.ClearField("result")
-            error = ServingError(f"the model's result cannot be sent back: {failure}")
+            error = failure
     _log_failure(error, request)
     response.error_code, response.error_message = status_of(error), describe(error)
+
+
+def _encode_result(result: Any, response: worker_pb2.PredictResponse) -> None:
+    """A result (or a stream's chunk) the codec cannot carry is the model's fault, not the caller's:
+    INTERNAL, where the codec itself says INVALID_ARGUMENT (right for what a client sent)."""
+    try:
+        codec.to_payload(result, response.result)
+    except Exception as failure:
+        raise ServingError(f"the model's result cannot be sent back: {failure}") from None
 
 
 def _log_failure(error: Exception, request: worker_pb2.PredictRequest) -> None:
