@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -119,7 +120,7 @@ class RecordSink:
         lines = []
         for record in batch:
             try:
-                lines.append(record if isinstance(record, str) else json.dumps(record))
+                lines.append(record if isinstance(record, str) else _encode(record))
             except Exception:
                 self.dropped += 1
                 logger.exception("monitoring record is not JSON; dropped")
@@ -131,8 +132,18 @@ class RecordSink:
 
 def _truncate(value: Any, limit: int) -> Any:
     """A JSON-safe rendering of a body, cut to `limit` characters (arrays shown by dtype and shape)."""
-    text = _ENCODER.encode(value)
+    text = _encode(value)
     return json.loads(text) if len(text) <= limit else text[:limit] + "…"
+
+
+def _encode(value: Any) -> str:
+    """One line of JSON. orjson takes ~1.5 µs where the json module takes ~15 for a typical record, on
+    the request path; it renders NaN as null (valid JSON), and refuses integers beyond 64 bits, which
+    the json module then writes."""
+    try:
+        return orjson.dumps(value, default=_describe, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return _ENCODER.encode(value)
 
 
 def _describe(value: Any) -> Any:
@@ -144,7 +155,7 @@ def _describe(value: Any) -> Any:
 
 
 _ENCODER = json.JSONEncoder(default=_describe)
-"""One encoder for every record (``json.dumps(default=...)`` builds a new one per call)."""
+"""The fallback encoder, built once (``json.dumps(default=...)`` builds a new one per call)."""
 
 
 def usage_of(result: Any) -> dict[str, Any] | None:
@@ -263,11 +274,11 @@ class Monitor:
                 "error": None if error is None else f"{type(error).__name__}: {error}",
             }
             try:  # encoded now, as the bodies are at this moment; cut each body only when the whole is long
-                line = _ENCODER.encode(entry)
+                line = _encode(entry)
                 if len(line) > self.max_value_chars:
                     entry["inputs"] = _truncate(inputs, self.max_value_chars)
                     entry["outputs"] = None if error is not None else _truncate(result, self.max_value_chars)
-                    line = _ENCODER.encode(entry)
+                    line = _encode(entry)
             except Exception:  # a body JSON cannot render (e.g. non-string keys): drop the record, not the call
                 self.records.dropped += 1
                 logger.warning("monitoring record for '%s' could not be rendered; dropped", endpoint, exc_info=True)

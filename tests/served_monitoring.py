@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import model_zoo
+import numpy as np
 
 import servegraph as sg
 
@@ -35,6 +36,19 @@ class TupleKeys(sg.Model):
 
     def predict(self, body):
         return {("a", "b"): body.get("x")}
+
+
+class Unusual(sg.Model):
+    """A result with what JSON has no plain word for: NaN, an integer key, an array, a 70-bit integer."""
+
+    def predict(self, body):
+        if body.get("big"):
+            return {"big": 2**70}
+        return {"score": float("nan"), 7: "seven", "scores": np.arange(3, dtype=np.float32)}
+
+
+def answered(body):
+    return {"ok": True}
 
 
 def string_keys(body):
@@ -89,6 +103,13 @@ def build_odd() -> sg.Graph:
     graph = sg.Graph("odd", monitoring=True)
     graph.to(sg.ModelRunnerStep(name="runner")).add_model("tuples", TupleKeys, "naive")
     graph.steps["runner"].to(name="keys", handler=string_keys).respond()
+    return graph
+
+
+def build_unusual() -> sg.Graph:
+    graph = sg.Graph("unusual", monitoring=True)
+    graph.to(sg.ModelRunnerStep(name="runner")).add_model("unusual", Unusual, "naive")
+    graph.steps["runner"].to(name="answered", handler=answered).respond()
     return graph
 
 

@@ -294,7 +294,7 @@ def test_records_one_json_line_per_model_call_with_the_request_id(served, client
     (large,) = by_id["rec-big"]
     for field in ("inputs", "outputs"):
         assert isinstance(large[field], str) and len(large[field]) <= 2001 and large[field].endswith("…")
-        assert '"blob": "xxxx' in large[field], "a JSON rendering, cut short"
+        assert '"blob":"xxxx' in large[field], "a JSON rendering, cut short"
     (stream,) = by_id["rec-stream"]
     assert stream["endpoint"] == "tokens" and stream["outputs"]["i"] == 1, "a stream records its last chunk"
     (failure,) = by_id["rec-fail"]
@@ -570,6 +570,28 @@ def test_a_record_that_cannot_be_rendered_is_dropped_and_the_call_succeeds():
 
     answer, dropped = asyncio.run(run_router(build_odd(), scenario, records=received.append))
     assert answer == {"a-b": 1} and dropped == 1 and received == []
+
+
+def test_records_are_strict_json_whatever_the_model_returns(tmp_path):
+    from served_monitoring import build_unusual
+
+    records = tmp_path / "unusual.jsonl"
+
+    async def scenario(router, aclient):
+        assert await aclient.invoke({}, id="odd") == {"ok": True}
+        assert await aclient.invoke({"big": True}, id="big") == {"ok": True}
+        await asyncio.to_thread(router.monitor.records.close)
+
+    asyncio.run(run_router(build_unusual(), scenario, records=records))
+
+    def no_constants(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    lines = records.read_text().splitlines()
+    odd, big = (json.loads(line, parse_constant=no_constants) for line in lines)
+    assert odd["request_id"] == "odd"
+    assert odd["outputs"] == {"score": None, "7": "seven", "scores": "<float32 array [3]>"}
+    assert big["request_id"] == "big" and big["outputs"] == {"big": 2**70}
 
 
 def test_records_default_to_a_file_per_graph_under_the_working_directory(tmp_path, monkeypatch):
