@@ -68,7 +68,10 @@ class RecordSink:
         self.capacity = capacity
         self.interval = interval
         self.pending: collections.deque[dict[str, Any] | str] = collections.deque()
-        self.dropped = 0
+        self.refused = 0
+        """Records dropped on the request path (queue full, or not renderable); counted by the event loop."""
+        self.failed = 0
+        """Records the sink could not take; counted by the writer thread (two counters: ``+=`` is not atomic)."""
         self.written = 0
         self._closing = threading.Event()
         self._target: Callable[[dict[str, Any]], Any] | None = None
@@ -83,12 +86,16 @@ class RecordSink:
         self._thread = threading.Thread(target=self._run, name="servegraph-records", daemon=True)
         self._thread.start()
 
+    @property
+    def dropped(self) -> int:
+        return self.refused + self.failed
+
     def full(self) -> bool:
         return len(self.pending) >= self.capacity
 
     def put(self, record: dict[str, Any] | str) -> None:
         if len(self.pending) >= self.capacity:
-            self.dropped += 1
+            self.refused += 1
         else:
             self.pending.append(record)
 
@@ -114,7 +121,7 @@ class RecordSink:
                     self._target(json.loads(record) if isinstance(record, str) else record)
                     self.written += 1
                 except Exception:
-                    self.dropped += 1
+                    self.failed += 1
                     logger.exception("monitoring sink failed; record dropped")
             return
         lines = []
@@ -122,7 +129,7 @@ class RecordSink:
             try:
                 lines.append(record if isinstance(record, str) else _encode(record))
             except Exception:
-                self.dropped += 1
+                self.failed += 1
                 logger.exception("monitoring record is not JSON; dropped")
         if lines:
             assert self._file is not None
@@ -258,7 +265,7 @@ class Monitor:
             self._child(self.tokens, endpoint, "out").inc(completion)
         if record and self.records is not None:
             if self.records.full():  # count the drop before spending anything on the record
-                self.records.dropped += 1
+                self.records.refused += 1
                 return
             entry = {
                 "time": time.time(),
@@ -280,7 +287,7 @@ class Monitor:
                     entry["outputs"] = None if error is not None else _truncate(result, self.max_value_chars)
                     line = _encode(entry)
             except Exception:  # a body JSON cannot render (e.g. non-string keys): drop the record, not the call
-                self.records.dropped += 1
+                self.records.refused += 1
                 logger.warning("monitoring record for '%s' could not be rendered; dropped", endpoint, exc_info=True)
             else:
                 self.records.put(line)
