@@ -26,6 +26,8 @@ def load_graph(target: str) -> Graph:
         raise GraphError(f"expected MODULE:ATTR (e.g. examples.demo:graph), got {target!r}")
     if module_name.endswith(".py") or os.sep in module_name:
         path = Path(module_name).resolve()
+        if not path.is_file():
+            raise GraphError(f"no graph module at {path}")
         sys.path.insert(0, str(path.parent))
         spec = importlib.util.spec_from_file_location(path.stem, path)
         if spec is None or spec.loader is None:
@@ -35,7 +37,12 @@ def load_graph(target: str) -> Graph:
         spec.loader.exec_module(module)
     else:
         sys.path.insert(0, os.getcwd())
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name is None or not (module_name + ".").startswith(error.name + "."):
+                raise  # an import inside the user's module failed: its traceback says where
+            raise GraphError(f"no module named '{error.name}' (looked in {os.getcwd()} and sys.path)") from None
     try:
         graph = getattr(module, attr)
     except AttributeError:

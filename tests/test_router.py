@@ -171,14 +171,34 @@ def test_cli_invoke_and_describe(flow):
     assert failed.returncode == 1 and "step 'fail' failed" in failed.stderr
 
 
-def test_serve_reports_a_graph_that_cannot_load():
-    result = subprocess.run(
-        [sys.executable, "-m", "servegraph.cli", "serve", "served_graphs:nothing", "--port", "0"],
+def serve_target(target: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "servegraph.cli", "serve", target, "--port", "0"],
         cwd=TESTS_DIR,
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("served_graphs:nothing", "servegraph: module 'served_graphs' has no attribute 'nothing'"),
+        ("no_such_module:graph", "servegraph: no module named 'no_such_module'"),
+        ("served_graphs.nested:graph", "servegraph: no module named 'served_graphs.nested'"),
+        ("./no_such_file.py:graph", "servegraph: no graph module at"),
+    ],
+)
+def test_serve_reports_a_graph_that_cannot_load_in_one_line(target, message):
+    result = serve_target(target)
     assert result.returncode == 1
-    assert "has no attribute 'nothing'" in result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_shows_the_traceback_when_the_graph_module_itself_fails_to_import():
+    result = serve_target("served_broken:graph")
+    assert result.returncode != 0
+    assert "served_broken.py" in result.stderr
+    assert "No module named 'servegraph_missing_dependency'" in result.stderr
