@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import GraphError, ServingError
 from .graph import Graph
-from .router import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_MB, DEFAULT_PORT
+from .router import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_MB, DEFAULT_PORT, PortUnavailable
 
 DEFAULT_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
 
@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     except json.JSONDecodeError as error:
         print(f"servegraph: --body is not valid JSON: {error}", file=sys.stderr)
         return 2
+    except PortUnavailable as error:
+        print(f"servegraph: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

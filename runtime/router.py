@@ -83,16 +83,24 @@ class Router:
     async def start(self) -> int:
         """Open the port, load the graph, then report SERVING; returns the bound port."""
         address = f"{_bracket(self.host)}:{self.requested_port}"
-        self.port = self.server.add_insecure_port(address)
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises where older versions returned 0
+            self.port = 0
         if not self.port:
-            raise OSError(f"cannot bind {address}")
+            self.monitor.close()
+            raise PortUnavailable(f"cannot listen on {address}: the port is taken, or the address is not this host's")
         if self.metrics_port is not None:  # before the models load: a taken port fails at once
             try:
                 self._metrics_server, _ = start_http_server(
                     self.metrics_port, addr=self.host, registry=self.monitor.registry
                 )
-            except BaseException:
+            except BaseException as error:
                 self.monitor.close()
+                if isinstance(error, OSError):
+                    raise PortUnavailable(
+                        f"cannot serve metrics on {_bracket(self.host)}:{self.metrics_port}: {error.strerror or error}"
+                    ) from error
                 raise
             self.metrics_port = self._metrics_server.server_port
         self.monitor.workers = lambda: self.engine.models.workers
@@ -124,6 +132,10 @@ class Router:
     async def _set_health(self, status: int) -> None:
         await self.health.set("", status)
         await self.health.set(GRAPH_SERVICE, status)
+
+
+class PortUnavailable(OSError):
+    """The gRPC or the metrics port cannot be bound: one line for the operator, not a traceback."""
 
 
 def reflection_pool() -> descriptor_pool.DescriptorPool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -171,9 +172,9 @@ def test_cli_invoke_and_describe(flow):
     assert failed.returncode == 1 and "step 'fail' failed" in failed.stderr
 
 
-def serve_target(target: str) -> subprocess.CompletedProcess:
+def serve_target(target: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "servegraph.cli", "serve", target, "--port", "0"],
+        [sys.executable, "-m", "servegraph.cli", "serve", target, *(args or ("--port", "0"))],
         cwd=TESTS_DIR,
         capture_output=True,
         text=True,
@@ -195,6 +196,20 @@ def test_serve_reports_a_graph_that_cannot_load_in_one_line(target, message):
     result = serve_target(target)
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("which", ["--port", "--metrics-port"])
+def test_serve_on_a_taken_port_fails_in_one_line(which):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        args = ["--port", port] if which == "--port" else ["--port", "0", "--metrics-port", port]
+        result = serve_target("served_graphs:flow", *args)
+    assert result.returncode == 1
+    doing = "listen on" if which == "--port" else "serve metrics on"
+    assert f"servegraph: cannot {doing} 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_serve_shows_the_traceback_when_the_graph_module_itself_fails_to_import():
