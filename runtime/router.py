@@ -82,15 +82,7 @@ class Router:
 
     async def start(self) -> int:
         """Open the port, load the graph, then report SERVING; returns the bound port."""
-        address = f"{_bracket(self.host)}:{self.requested_port}"
-        try:
-            self.port = self.server.add_insecure_port(address)
-        except RuntimeError:  # grpcio raises where older versions returned 0
-            self.port = 0
-        if not self.port:
-            self.monitor.close()
-            raise PortUnavailable(f"cannot listen on {address}: the port is taken, or the address is not this host's")
-        if self.metrics_port is not None:  # before the models load: a taken port fails at once
+        if self.metrics_port is not None:  # first, and before the models load: a taken port fails at once
             try:
                 self._metrics_server, _ = start_http_server(
                     self.metrics_port, addr=self.host, registry=self.monitor.registry
@@ -103,6 +95,15 @@ class Router:
                     ) from error
                 raise
             self.metrics_port = self._metrics_server.server_port
+        address = f"{_bracket(self.host)}:{self.requested_port}"
+        try:  # last of the ports: gRPC keeps a bound port until the server is collected, even if never started
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises where older versions returned 0
+            self.port = 0
+        if not self.port:
+            self._stop_metrics()
+            self.monitor.close()
+            raise PortUnavailable(f"cannot listen on {address}: the port is taken, or the address is not this host's")
         self.monitor.workers = lambda: self.engine.models.workers
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()

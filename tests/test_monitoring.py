@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -570,6 +571,34 @@ def test_a_record_that_cannot_be_rendered_is_dropped_and_the_call_succeeds():
 
     answer, dropped = asyncio.run(run_router(build_odd(), scenario, records=received.append))
     assert answer == {"a-b": 1} and dropped == 1 and received == []
+
+
+@pytest.mark.parametrize("taken", ["grpc", "metrics"])
+def test_a_router_that_cannot_bind_leaves_no_port_or_sink_thread_behind(taken, tmp_path):
+    from servegraph.router import PortUnavailable
+
+    def listening(port: int) -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        ports = {"port": port, "metrics_port": 0} if taken == "grpc" else {"port": 0, "metrics_port": port}
+
+        async def start() -> Router:
+            router = Router(watched_graph(), "127.0.0.1", records=tmp_path / "records.jsonl", **ports)
+            with pytest.raises(PortUnavailable, match=f"127.0.0.1:{port}"):
+                await router.start()
+            return router
+
+        router = asyncio.run(start())
+    assert not router.monitor.records._thread.is_alive(), "the record sink's thread is stopped"
+    if taken == "grpc":
+        assert not listening(router.metrics_port), "the metrics port, bound first, is released"
+    else:
+        assert router.port is None, "gRPC never bound a port"
 
 
 def test_records_are_strict_json_whatever_the_model_returns(tmp_path):
