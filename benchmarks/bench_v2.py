@@ -4,9 +4,10 @@ servegraph serves `benchmarks.served:v2_models`: the Identity model in the route
 dedicated worker (`in_worker`). MLServer (from `.venv-mlserver`, installed on first use, see `mlserver_side.py`)
 serves the same identity model in its main process (`parallel_workers: 0`) and through its default inference
 pool (`parallel_workers: 1`). All servers run at once, each in its own process; one client drives each with the
-same `load` (prebuilt request bytes over a plain grpc.aio channel, 1 and 8 concurrent callers), alternating
-MLServer and servegraph case by case so that both see the same machine. Each servegraph line ends with its
-throughput over the MLServer configuration it compares with, measured just before: in_router vs MLServer
+same `load` (prebuilt request bytes over a plain grpc.aio channel, 1 and 8 concurrent callers). Each case runs
+``BENCH_ROUNDS`` rounds (3) of ``BENCH_SECONDS`` (2 s) on each side, MLServer and servegraph back to back and
+who goes first alternating, so that both see the same machine. Each servegraph line ends with the median of the
+per-round ratios of its throughput over the MLServer configuration it compares with: in_router vs MLServer
 in-process, in_worker vs MLServer's worker pool. server CPU is the CPU time per request of the process that
 terminates gRPC (servegraph's router, MLServer's main process; workers excluded). If MLServer cannot be installed
 or started, one line says why and servegraph's numbers come alone.
@@ -23,13 +24,14 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from servegraph.launcher import launch
+from servegraph.launcher import LaunchedRouter, launch
 from servegraph.v2_protocol import ModelInferRequest
 
 from . import mlserver_side
 from .bench_router import cpu_seconds, percentile
 
-DURATION = float(os.environ.get("BENCH_SECONDS", "3"))
+DURATION = float(os.environ.get("BENCH_SECONDS", "2"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 WARMUP = 100
 # servegraph model, the MLServer configuration it is compared with, the target throughput ratio at 8 clients.
 CASES = (("in_router", "in-process", 1.5), ("in_worker", "worker pool", 2.0))
@@ -109,27 +111,51 @@ def start_mlservers(stack: contextlib.ExitStack) -> dict[str, mlserver_side.Serv
     return served
 
 
+def median(results: list[Result]) -> Result:
+    return sorted(results, key=lambda result: result.rate)[len(results) // 2]
+
+
+def compare(
+    router: LaunchedRouter, mlservers: dict[str, mlserver_side.Served], model: str, config: str, concurrency: int
+) -> None:
+    """`ROUNDS` rounds of MLServer and servegraph back to back (who goes first alternating); prints the median
+    run of each and the median of the per-round ratios (paired, so the VM's drift cancels out)."""
+    ours: list[Result] = []
+    theirs: list[Result] = []
+    for turn in range(ROUNDS):
+        for side in ("mlserver", "servegraph") if turn % 2 == 0 else ("servegraph", "mlserver"):
+            if side == "servegraph":
+                ours.append(measure(router.address, router.process.pid, model, concurrency))
+            elif server := mlservers.get(config):
+                try:
+                    theirs.append(measure(server.address, server.pid, mlserver_side.MODEL, concurrency))
+                except Exception as error:  # a failing MLServer leaves servegraph's numbers standing
+                    print(f"MLServer {config} failed ({one_line(error)}); compared without it", flush=True)
+                    del mlservers[config]
+    paired = len(theirs) == len(ours)
+    if paired:
+        print(median(theirs).line(f"MLServer {config}", concurrency), flush=True)
+    line = median(ours).line(model, concurrency)
+    if paired:
+        ratios = sorted(mine.rate / other.rate for mine, other in zip(ours, theirs, strict=True))
+        target = next(goal for name, _, goal in CASES if name == model)
+        wanted = f" (target >= {target:g}x)" if concurrency == 8 else ""
+        rounds = ", ".join(f"{ratio:.2f}" for ratio in ratios)
+        line += f"   {ratios[len(ratios) // 2]:.2f}x MLServer {config}{wanted}; rounds {rounds}"
+    print(line, flush=True)
+
+
 def main() -> None:
-    print(f"== V2 ModelInfer, FP32[1,16]: servegraph (in the router / a worker) vs MLServer {mlserver_side.VERSION} ==")
+    print(
+        f"== V2 ModelInfer, FP32[1,16]: servegraph (in the router / a worker) vs MLServer {mlserver_side.VERSION},"
+        f" median of {ROUNDS} rounds =="
+    )
     with contextlib.ExitStack() as stack:
         router = stack.enter_context(launch("benchmarks.served:v2_models"))
         mlservers = start_mlservers(stack)
         for concurrency in (1, 8):
-            for model, config, target in CASES:
-                baseline = None
-                if server := mlservers.get(config):
-                    try:
-                        baseline = measure(server.address, server.pid, mlserver_side.MODEL, concurrency)
-                        print(baseline.line(f"MLServer {config}", concurrency), flush=True)
-                    except Exception as error:  # a failing MLServer leaves servegraph's numbers standing
-                        print(f"MLServer {config} failed ({one_line(error)}); compared without it", flush=True)
-                        del mlservers[config]
-                result = measure(router.address, router.process.pid, model, concurrency)
-                ratio = ""
-                if baseline is not None:
-                    wanted = f" (target >= {target:g}x)" if concurrency == 8 else ""
-                    ratio = f"   {result.rate / baseline.rate:.2f}x MLServer {config}{wanted}"
-                print(result.line(model, concurrency) + ratio, flush=True)
+            for model, config, _ in CASES:
+                compare(router, mlservers, model, config, concurrency)
 
 
 if __name__ == "__main__":
