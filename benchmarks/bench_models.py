@@ -28,6 +28,8 @@ import numpy as np
 import servegraph as sg
 from servegraph.launcher import launch
 
+from .bench_router import percentile
+
 CASE_SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONCURRENCY = 8
@@ -147,7 +149,7 @@ async def through_router(address: str) -> Result:
 
 def median(results: list[Result]) -> Result:
     """The run with the median rate (its p50 with it): one slow moment of a shared VM does not decide."""
-    return sorted(results, key=lambda result: result.rate)[len(results) // 2]
+    return percentile(results, 0.5, key=lambda result: result.rate)
 
 
 def mechanisms() -> None:

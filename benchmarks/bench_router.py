@@ -18,7 +18,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
@@ -29,6 +30,7 @@ from servegraph.v1 import graph_pb2, graph_pb2_grpc
 DURATION = float(os.environ.get("BENCH_SECONDS", "2"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 BODY = {"text": "hello world", "user": {"id": 7, "tags": ["a", "b"]}}
+T = TypeVar("T")
 ADDRESS_LINE = re.compile(r"on (127\.0\.0\.1:\d+)")
 
 
@@ -87,8 +89,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
+def percentile(values: Sequence[T], q: float, key: Callable[[T], Any] | None = None) -> T:
+    """The item at quantile `q`, ordered by `key` (a whole run, not an average of runs, when picking rounds)."""
+    ordered = sorted(values, key=key)  # type: ignore[type-var, arg-type]
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
@@ -107,7 +110,7 @@ def main() -> None:
                     rate, latencies = uvloop.run(load(address, concurrency, DURATION))
                     runs[name].append(((cpu_seconds(pid) - before) / (len(latencies) + 200), rate, latencies))
             for name, measured in runs.items():
-                cost, rate, latencies = sorted(measured, key=lambda run: run[0])[len(measured) // 2]
+                cost, rate, latencies = percentile(measured, 0.5, key=lambda run: run[0])
                 print(
                     f"{name:>6} x{concurrency}: {rate:8.0f} req/s   p50 {percentile(latencies, 0.5) * 1e3:6.2f} ms"
                     f"   p99 {percentile(latencies, 0.99) * 1e3:6.2f} ms   server CPU {cost * 1e6:5.0f} us/req"
@@ -115,7 +118,7 @@ def main() -> None:
             ratios = sorted(mine[0] / bare[0] for mine, bare in zip(runs["router"], runs["echo"], strict=True))
             rounds = ", ".join(f"{ratio:.2f}" for ratio in ratios)
             print(
-                f"  per-request server cost, router / echo at x{concurrency}: {ratios[len(ratios) // 2]:.2f}x"
+                f"  per-request server cost, router / echo at x{concurrency}: {percentile(ratios, 0.5):.2f}x"
                 f" (target <= 1.3x); rounds {rounds}"
             )
 

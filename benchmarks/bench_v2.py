@@ -112,7 +112,7 @@ def start_mlservers(stack: contextlib.ExitStack) -> dict[str, mlserver_side.Serv
 
 
 def median(results: list[Result]) -> Result:
-    return sorted(results, key=lambda result: result.rate)[len(results) // 2]
+    return percentile(results, 0.5, key=lambda result: result.rate)
 
 
 def compare(
@@ -141,7 +141,7 @@ def compare(
         target = next(goal for name, _, goal in CASES if name == model)
         wanted = f" (target >= {target:g}x)" if concurrency == 8 else ""
         rounds = ", ".join(f"{ratio:.2f}" for ratio in ratios)
-        line += f"   {ratios[len(ratios) // 2]:.2f}x MLServer {config}{wanted}; rounds {rounds}"
+        line += f"   {percentile(ratios, 0.5):.2f}x MLServer {config}{wanted}; rounds {rounds}"
     print(line, flush=True)
 
 

@@ -94,7 +94,7 @@ class RecordSink:
         return len(self.pending) >= self.capacity
 
     def put(self, record: dict[str, Any] | str) -> None:
-        if len(self.pending) >= self.capacity:
+        if self.full():
             self.refused += 1
         else:
             self.pending.append(record)

@@ -88,7 +88,7 @@ class Router:
                     self.metrics_port, addr=self.host, registry=self.monitor.registry
                 )
             except BaseException as error:
-                self.monitor.close()
+                self._release()
                 if isinstance(error, OSError):
                     raise PortUnavailable(
                         f"cannot serve metrics on {_bracket(self.host)}:{self.metrics_port}: {error.strerror or error}"
@@ -101,8 +101,7 @@ class Router:
         except RuntimeError:  # grpcio raises where older versions returned 0
             self.port = 0
         if not self.port:
-            self._stop_metrics()
-            self.monitor.close()
+            self._release()
             raise PortUnavailable(f"cannot listen on {address}: the port is taken, or the address is not this host's")
         self.monitor.workers = lambda: self.engine.models.workers
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -111,8 +110,7 @@ class Router:
             await self.engine.start()
         except BaseException:
             await self.server.stop(None)
-            self._stop_metrics()
-            self.monitor.close()
+            self._release()
             raise
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         return self.port
@@ -121,14 +119,15 @@ class Router:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
         await self.engine.stop()
-        self._stop_metrics()
-        self.monitor.close()
+        self._release()
 
-    def _stop_metrics(self) -> None:
+    def _release(self) -> None:
+        """Free the metrics port and close the record sink (after a stop, or a start that failed)."""
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()  # frees the port now, not when collected
             self._metrics_server = None
+        self.monitor.close()
 
     async def _set_health(self, status: int) -> None:
         await self.health.set("", status)
