@@ -25,7 +25,7 @@ def in_process() -> Round:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from servegraph.llm import model_directory
+    from servegraph.models.llm.weights import model_directory
 
     torch.set_num_threads(1)
     directory = model_directory(None)
@@ -53,7 +53,7 @@ def in_process() -> Round:
 @contextlib.contextmanager
 def served() -> Iterator[Round]:
     from servegraph.clients import Client
-    from servegraph.launcher import launch
+    from servegraph.serving.launcher import launch
 
     body = {"messages": [{"role": "user", "content": QUESTION}]}
     with launch("benchmarks.served:smollm2", timeout=600) as router, Client(router.address) as client:

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import numpy as np
 
 import servegraph as sg
-from servegraph.launcher import launch
+from servegraph.serving.launcher import launch
 
 from .bench_router import percentile
 

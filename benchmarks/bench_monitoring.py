@@ -65,7 +65,7 @@ def build(monitoring: bool) -> sg.Graph:
 
 
 async def serve_mode(mode: str, records_dir: str) -> None:
-    from servegraph.router import Router
+    from servegraph.serving.router import Router
 
     draining = threading.Event()
 

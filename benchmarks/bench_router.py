@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import grpc
 
 from servegraph import codec
-from servegraph.launcher import launch
+from servegraph.serving.launcher import launch
 from servegraph.v1 import graph_pb2, graph_pb2_grpc
 
 DURATION = float(os.environ.get("BENCH_SECONDS", "2"))

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from servegraph.launcher import LaunchedRouter, launch
-from servegraph.v2_protocol import ModelInferRequest
+from servegraph.serving.launcher import LaunchedRouter, launch
+from servegraph.serving.v2_protocol import ModelInferRequest
 
 from . import mlserver_side
 from .bench_router import cpu_seconds, percentile

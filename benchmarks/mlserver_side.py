@@ -25,7 +25,7 @@ from pathlib import Path
 
 import grpc
 
-from servegraph.v2_protocol import message
+from servegraph.serving.v2_protocol import message
 
 VERSION = "1.7.1"
 # uvloop 0.22 raises in asyncio.get_event_loop() without a running loop, which kills every worker of MLServer's

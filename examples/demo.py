@@ -68,7 +68,7 @@ graph.to(name="guardrail", handler=guardrail).to(assistant).to(name="filter", ha
 
 def main(argv: list[str]) -> int:
     from servegraph.clients import Client
-    from servegraph.launcher import launch
+    from servegraph.serving.launcher import launch
 
     question = " ".join(argv) or "How should I start saving for retirement?"
     print("starting the router (the first run converts SmolLM2 once, ~20 s) ...", flush=True)

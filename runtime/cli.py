@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .dsl.graph import Graph
 from .errors import GraphError, ServingError
-from .graph import Graph
-from .router import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_MB, DEFAULT_PORT, PortUnavailable
+from .serving.router import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_MB, DEFAULT_PORT, PortUnavailable
 
 DEFAULT_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
 
@@ -55,7 +55,7 @@ def load_graph(target: str) -> Graph:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from . import router
+    from .serving import router
 
     graph = load_graph(args.target)
 

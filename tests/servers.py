@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from servegraph.launcher import LaunchedRouter, launch, stop
+from servegraph.serving.launcher import LaunchedRouter, launch, stop
 
 TESTS_DIR = Path(__file__).resolve().parent
 

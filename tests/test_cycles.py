@@ -88,7 +88,7 @@ def test_cycle_without_allow_cyclic_is_a_graph_error_naming_the_cycle():
     with pytest.raises(sg.GraphError, match=re.escape("gen -> judge -> gen")):
         graph.to_mock_server()
     with pytest.raises(sg.GraphError, match="allow_cyclic"):
-        sg.Engine(graph)
+        graph.validate()
 
 
 def test_unknown_outlet_is_an_error_naming_it():

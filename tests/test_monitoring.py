@@ -26,8 +26,8 @@ from tiny_llm import build_tiny_llm
 import servegraph as sg
 from servegraph import codec
 from servegraph.clients import AsyncClient, Client
-from servegraph.monitoring import RecordSink
-from servegraph.router import Router
+from servegraph.serving.monitoring import RecordSink
+from servegraph.serving.router import Router
 from servegraph.v1 import graph_pb2, graph_pb2_grpc
 
 METRICS_LINE = re.compile(r"metrics on (http://\S+/metrics)")
@@ -575,7 +575,7 @@ def test_a_record_that_cannot_be_rendered_is_dropped_and_the_call_succeeds():
 
 @pytest.mark.parametrize("taken", ["grpc", "metrics"])
 def test_a_router_that_cannot_bind_leaves_no_port_or_sink_thread_behind(taken, tmp_path):
-    from servegraph.router import PortUnavailable
+    from servegraph.serving.router import PortUnavailable
 
     def listening(port: int) -> bool:
         with socket.socket() as probe:

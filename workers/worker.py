@@ -1,10 +1,11 @@
 """The model worker process: loads its models, then serves `servegraph.v1.Worker` on a Unix socket.
 
 Started by the router as a fresh interpreter (``python -m servegraph.workers.worker``) with its
-models' declarations as JSON on stdin; models are imported by path and loaded here, never in the
+models' declarations as JSON on stdin: each model with the proxies it serves and their artifacts,
+so a call names only its endpoint. Models are imported by path and loaded here, never in the
 router. Sync predicts run on one worker thread, so a worker process handles one sync call at a
-time (scale with processes); async predicts run on the worker's event loop. The worker exits when
-its parent (the router) dies.
+time (scale with processes); async predicts run on the worker's event loop. gRPC health says
+SERVING once every model has loaded. The worker exits when its parent (the router) dies.
 """
 
 from __future__ import annotations
@@ -26,23 +27,24 @@ from typing import Any
 
 import grpc
 import uvloop
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from servegraph import codec
-from servegraph.concurrency import answer_concurrently
+from servegraph.aio import ChunkPump, answer_concurrently
 from servegraph.errors import NotFound, ServingError, describe, status_of
-from servegraph.models import ModelArtifact, ModelSpec
+from servegraph.models.artifacts import ModelArtifact
+from servegraph.models.hosted import HostedModel
+from servegraph.models.spec import ModelSpec
+from servegraph.rpc_errors import reports_errors
 from servegraph.v1 import worker_pb2, worker_pb2_grpc
 
-from .host import HostedModel
-from .process import READY  # not defined here: `python -m` would find this module imported by the package
-from .pump import ChunkPump
+logger = logging.getLogger("servegraph.worker")
 
 
 class WorkerService(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, models: dict[str, HostedModel]):
-        self.models = models
+    def __init__(self, models: list[HostedModel]):
+        self.endpoints = {endpoint: model for model in models for endpoint in (model.spec.name, *model.proxies)}
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="predict")
-        self.in_flight = 0
 
     async def Predict(
         self, batches: AsyncIterator[worker_pb2.PredictBatch], context: grpc.aio.ServicerContext
@@ -74,50 +76,35 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             yield functools.partial(_write_answer, request=request, result=result)
 
     async def _predict(self, request: worker_pb2.PredictRequest) -> Any:
-        model, body, endpoint, artifact = self._unpack(request)
-        self.in_flight += 1
-        try:
-            if request.operation:
-                return await model.operation(request.operation, body)
-            if model.is_async:
-                return await model.predict_async(body, endpoint, artifact)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.thread, model.predict, body, endpoint, artifact)
-        finally:
-            self.in_flight -= 1
+        model = self._model(request.endpoint)
+        body = codec.from_payload(request.body)
+        if request.operation:
+            return await model.operation(request.operation, body)
+        if model.is_async:
+            return await model.predict_async(body, request.endpoint)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.thread, model.predict, body, request.endpoint)
 
+    @reports_errors
     async def PredictStream(
         self, request: worker_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.PredictResponse]:
-        self.in_flight += 1
-        try:
-            model, body, endpoint, artifact = self._unpack(request)
-            if model.is_async:
-                chunks = model.stream_async(body, endpoint, artifact)
-            else:
-                chunks = ChunkPump(model.stream(body, endpoint, artifact), self.thread).__aiter__()
-            async for chunk in chunks:
-                response = worker_pb2.PredictResponse()
-                _encode_result(chunk, response)
-                yield response
-        except Exception as error:
-            _log_failure(error, request)
-            await context.abort(grpc.StatusCode[status_of(error)], describe(error))
-        finally:
-            self.in_flight -= 1
-
-    async def Status(self, request: worker_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> Any:
-        return worker_pb2.StatusResponse(
-            models={name: True for name in self.models}, pid=os.getpid(), in_flight=self.in_flight
-        )
-
-    def _unpack(self, request: worker_pb2.PredictRequest) -> tuple[HostedModel, Any, str | None, ModelArtifact | None]:
-        model = self.models.get(request.model)
-        if model is None:
-            raise NotFound(f"this worker has no model '{request.model}' (it hosts {', '.join(self.models)})")
+        model = self._model(request.endpoint)
         body = codec.from_payload(request.body)
-        artifact = ModelArtifact.from_dict(codec.from_payload(request.artifact)) if request.endpoint else None
-        return model, body, request.endpoint or None, artifact
+        if model.is_async:
+            chunks = model.stream_async(body, request.endpoint)
+        else:
+            chunks = ChunkPump(model.stream(body, request.endpoint), self.thread, coalesce=True).__aiter__()
+        async for chunk in chunks:
+            response = worker_pb2.PredictResponse()
+            _encode_result(chunk, response)
+            yield response
+
+    def _model(self, endpoint: str) -> HostedModel:
+        model = self.endpoints.get(endpoint)
+        if model is None:
+            raise NotFound(f"this worker serves no endpoint '{endpoint}' (it serves {', '.join(self.endpoints)})")
+        return model
 
 
 def _write_answer(
@@ -135,7 +122,8 @@ def _write_answer(
         except ServingError as failure:
             response.ClearField("result")
             error = failure
-    _log_failure(error, request)
+    if not isinstance(error, ServingError):  # errors the caller made are its to see; the rest are bugs to log
+        logger.error("endpoint '%s' failed (request %s)", request.endpoint, request.request_id or "-", exc_info=error)
     response.error_code, response.error_message = status_of(error), describe(error)
 
 
@@ -148,12 +136,17 @@ def _encode_result(result: Any, response: worker_pb2.PredictResponse) -> None:
         raise ServingError(f"the model's result cannot be sent back: {failure}") from None
 
 
-def _log_failure(error: Exception, request: worker_pb2.PredictRequest) -> None:
-    """Errors the caller made are its to see; anything else is a bug worth a traceback here."""
-    if not isinstance(error, ServingError):
-        logging.getLogger("servegraph.worker").error(
-            "model '%s' failed (request %s)", request.model, request.request_id or "-", exc_info=error
-        )
+def load_models(placements: dict[str, Any]) -> list[HostedModel]:
+    """Each model of the worker's declaration (``{name: {"spec": ..., "proxies": {...}}}``), loaded."""
+    models = []
+    for name, placement in placements.items():
+        proxies = {
+            endpoint: ModelArtifact.from_dict(artifact) for endpoint, artifact in placement.get("proxies", {}).items()
+        }
+        model = HostedModel(ModelSpec.from_dict(name, placement["spec"]), proxies)
+        model.load()
+        models.append(model)
+    return models
 
 
 def watch_parent(parent: int, socket: str) -> None:
@@ -186,20 +179,22 @@ def clean_up_after(parent: int, socket: str) -> None:
         os.rmdir(os.path.dirname(socket))
 
 
-async def serve(socket: str, specs: dict[str, Any], parent: int) -> None:
+async def serve(name: str, socket: str, placements: dict[str, Any], parent: int) -> None:
     watch_parent(parent, socket)
-    models = {name: HostedModel(ModelSpec.from_dict(name, spec)) for name, spec in specs.items()}
-    for model in models.values():
-        model.load()
+    models = load_models(placements)
     server = grpc.aio.server(options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
     worker_pb2_grpc.add_WorkerServicer_to_server(WorkerService(models), server)
-    server.add_insecure_port(f"unix:{socket}")
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"unix:{socket}"
+    server.add_insecure_port(address)
     await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    print(READY, flush=True)
+    print(f"serving worker '{name}' on {address}", flush=True)
     await stopping.wait()
     await server.stop(1.0)
     clean_up_after(parent, socket)
@@ -207,13 +202,14 @@ async def serve(socket: str, specs: dict[str, Any], parent: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="servegraph-worker")
+    parser.add_argument("--name", required=True)
     parser.add_argument("--socket", required=True)
     parser.add_argument("--parent", type=int, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s", stream=sys.stdout)
-    specs = json.load(sys.stdin)
+    placements = json.load(sys.stdin)
     try:
-        uvloop.run(serve(args.socket, specs, args.parent))
+        uvloop.run(serve(args.name, args.socket, placements, args.parent))
     except Exception:
         traceback.print_exc(file=sys.stdout)
         sys.stdout.flush()

@@ -25,29 +25,21 @@ _sym_db = _symbol_database.Default()
 from servegraph.v1 import types_pb2 as servegraph_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aservegraph/v1/worker.proto\x12\rservegraph.v1\x1a\x19servegraph/v1/types.proto\"\xb9\x01\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12$\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x16.servegraph.v1.Payload\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12(\n\x08\x61rtifact\x18\x05 \x01(\x0b\x32\x16.servegraph.v1.Payload\x12\x11\n\toperation\x18\x06 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x07 \x01(\x04\"u\n\x0fPredictResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.servegraph.v1.Payload\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\"?\n\x0cPredictBatch\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.servegraph.v1.PredictRequest\"C\n\x0ePredictResults\x12\x31\n\tresponses\x18\x01 \x03(\x0b\x32\x1e.servegraph.v1.PredictResponse\"\x0f\n\rStatusRequest\"\x9a\x01\n\x0eStatusResponse\x12\x39\n\x06models\x18\x01 \x03(\x0b\x32).servegraph.v1.StatusResponse.ModelsEntry\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x11\n\tin_flight\x18\x03 \x01(\x05\x1a-\n\x0bModelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\x32\xec\x01\n\x06Worker\x12I\n\x07Predict\x12\x1b.servegraph.v1.PredictBatch\x1a\x1d.servegraph.v1.PredictResults(\x01\x30\x01\x12P\n\rPredictStream\x12\x1d.servegraph.v1.PredictRequest\x1a\x1e.servegraph.v1.PredictResponse0\x01\x12\x45\n\x06Status\x12\x1c.servegraph.v1.StatusRequest\x1a\x1d.servegraph.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aservegraph/v1/worker.proto\x12\rservegraph.v1\x1a\x19servegraph/v1/types.proto\"\x8c\x01\n\x0ePredictRequest\x12$\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x16.servegraph.v1.Payload\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x11\n\toperation\x18\x06 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x07 \x01(\x04J\x04\x08\x01\x10\x02J\x04\x08\x05\x10\x06\"u\n\x0fPredictResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.servegraph.v1.Payload\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\"?\n\x0cPredictBatch\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.servegraph.v1.PredictRequest\"C\n\x0ePredictResults\x12\x31\n\tresponses\x18\x01 \x03(\x0b\x32\x1e.servegraph.v1.PredictResponse2\xa5\x01\n\x06Worker\x12I\n\x07Predict\x12\x1b.servegraph.v1.PredictBatch\x1a\x1d.servegraph.v1.PredictResults(\x01\x30\x01\x12P\n\rPredictStream\x12\x1d.servegraph.v1.PredictRequest\x1a\x1e.servegraph.v1.PredictResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'servegraph.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATUSRESPONSE_MODELSENTRY']._loaded_options = None
-  _globals['_STATUSRESPONSE_MODELSENTRY']._serialized_options = b'8\001'
   _globals['_PREDICTREQUEST']._serialized_start=73
-  _globals['_PREDICTREQUEST']._serialized_end=258
-  _globals['_PREDICTRESPONSE']._serialized_start=260
-  _globals['_PREDICTRESPONSE']._serialized_end=377
-  _globals['_PREDICTBATCH']._serialized_start=379
-  _globals['_PREDICTBATCH']._serialized_end=442
-  _globals['_PREDICTRESULTS']._serialized_start=444
-  _globals['_PREDICTRESULTS']._serialized_end=511
-  _globals['_STATUSREQUEST']._serialized_start=513
-  _globals['_STATUSREQUEST']._serialized_end=528
-  _globals['_STATUSRESPONSE']._serialized_start=531
-  _globals['_STATUSRESPONSE']._serialized_end=685
-  _globals['_STATUSRESPONSE_MODELSENTRY']._serialized_start=640
-  _globals['_STATUSRESPONSE_MODELSENTRY']._serialized_end=685
-  _globals['_WORKER']._serialized_start=688
-  _globals['_WORKER']._serialized_end=924
+  _globals['_PREDICTREQUEST']._serialized_end=213
+  _globals['_PREDICTRESPONSE']._serialized_start=215
+  _globals['_PREDICTRESPONSE']._serialized_end=332
+  _globals['_PREDICTBATCH']._serialized_start=334
+  _globals['_PREDICTBATCH']._serialized_end=397
+  _globals['_PREDICTRESULTS']._serialized_start=399
+  _globals['_PREDICTRESULTS']._serialized_end=466
+  _globals['_WORKER']._serialized_start=469
+  _globals['_WORKER']._serialized_end=634
 # @@protoc_insertion_point(module_scope)

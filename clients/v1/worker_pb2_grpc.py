@@ -44,11 +44,6 @@ class WorkerStub:
                 request_serializer=servegraph_dot_v1_dot_worker__pb2.PredictRequest.SerializeToString,
                 response_deserializer=servegraph_dot_v1_dot_worker__pb2.PredictResponse.FromString,
                 _registered_method=True)
-        self.Status = channel.unary_unary(
-                '/servegraph.v1.Worker/Status',
-                request_serializer=servegraph_dot_v1_dot_worker__pb2.StatusRequest.SerializeToString,
-                response_deserializer=servegraph_dot_v1_dot_worker__pb2.StatusResponse.FromString,
-                _registered_method=True)
 
 
 class WorkerServicer:
@@ -71,13 +66,6 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Status(self, request, context):
-        """Which models the worker hosts and whether they have loaded.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,11 +78,6 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.PredictStream,
                     request_deserializer=servegraph_dot_v1_dot_worker__pb2.PredictRequest.FromString,
                     response_serializer=servegraph_dot_v1_dot_worker__pb2.PredictResponse.SerializeToString,
-            ),
-            'Status': grpc.unary_unary_rpc_method_handler(
-                    servicer.Status,
-                    request_deserializer=servegraph_dot_v1_dot_worker__pb2.StatusRequest.FromString,
-                    response_serializer=servegraph_dot_v1_dot_worker__pb2.StatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -151,33 +134,6 @@ class Worker:
             '/servegraph.v1.Worker/PredictStream',
             servegraph_dot_v1_dot_worker__pb2.PredictRequest.SerializeToString,
             servegraph_dot_v1_dot_worker__pb2.PredictResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Status(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/servegraph.v1.Worker/Status',
-            servegraph_dot_v1_dot_worker__pb2.StatusRequest.SerializeToString,
-            servegraph_dot_v1_dot_worker__pb2.StatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

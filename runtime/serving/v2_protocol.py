@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
 
 SERVICE = "inference.GRPCInferenceService"
 

@@ -14,39 +14,22 @@ import logging
 import logging.handlers
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+if TYPE_CHECKING:
+    from ..dsl.graph import Graph
+    from ..hosting.endpoints import ModelEndpoint
+    from ..hosting.process import WorkerProcess
+
 logger = logging.getLogger("servegraph.monitoring")
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-RESERVOIR = 2048
-"""Latest latencies kept per endpoint for p50/p99 in `servegraph stats`."""
-
-
-@dataclass
-class EndpointStats:
-    """What `servegraph stats` and Triton's ModelStatistics report for one endpoint."""
-
-    requests: int = 0
-    failures: int = 0
-    total_ns: int = 0
-    failed_ns: int = 0
-    last_ms: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    in_flight: int = 0
-    latencies: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=RESERVOIR))
-
-    def quantile(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 class RecordSink:
@@ -177,13 +160,21 @@ def usage_of(result: Any) -> dict[str, Any] | None:
 
 
 class Monitor:
-    """The router's observer: metrics (own registry), endpoint statistics, and optional records."""
+    """The router's observer: metrics (own registry), endpoint statistics (kept on the registry's
+    entries), and optional records. Worker metrics are read from `workers` at scrape time."""
 
-    def __init__(self, graph_name: str, *, records: RecordSink | None = None, max_value_chars: int = 2000):
+    def __init__(
+        self,
+        graph_name: str,
+        *,
+        records: RecordSink | None = None,
+        workers: Sequence[WorkerProcess] = (),
+        max_value_chars: int = 2000,
+    ):
         self.graph_name = graph_name
         self.records = records
+        self.workers = workers
         self.max_value_chars = max_value_chars
-        self.stats: dict[str, EndpointStats] = collections.defaultdict(EndpointStats)
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -209,7 +200,6 @@ class Monitor:
         )
         self.step_failures = Counter("servegraph_step_failures", "Steps that raised", ["step"], registry=r)
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
-        self.workers: Callable[[], Iterable[Any]] = lambda: ()
         r.register(_WorkerCollector(self))
 
     # -- observations -----------------------------------------------------------------------------
@@ -220,28 +210,26 @@ class Monitor:
             child = self._children[metric, labels] = metric.labels(*labels)
         return child
 
-    def start(self, endpoint: str) -> float:
-        self.stats[endpoint].in_flight += 1
-        self._child(self.in_flight, endpoint).inc()
+    def start(self, endpoint: ModelEndpoint) -> float:
+        endpoint.stats.in_flight += 1
+        self._child(self.in_flight, endpoint.name).inc()
         return time.perf_counter()
 
     def finish(
         self,
-        endpoint: str,
+        model_endpoint: ModelEndpoint,
         started: float,
         *,
-        step: str,
         request_id: str,
         inputs: Any,
         result: Any = None,
         error: BaseException | None = None,
         code: str = "OK",
-        labels: dict[str, Any] | None = None,
         first_chunk: float | None = None,
-        record: bool = False,
     ) -> None:
         elapsed = time.perf_counter() - started
-        stats = self.stats[endpoint]
+        endpoint = model_endpoint.name
+        stats = model_endpoint.stats
         stats.in_flight -= 1
         stats.requests += 1
         stats.last_ms = int(time.time() * 1000)
@@ -263,7 +251,7 @@ class Monitor:
             stats.tokens_out += completion
             self._child(self.tokens, endpoint, "in").inc(prompt)
             self._child(self.tokens, endpoint, "out").inc(completion)
-        if record and self.records is not None:
+        if model_endpoint.record and self.records is not None:
             if self.records.full():  # count the drop before spending anything on the record
                 self.records.refused += 1
                 return
@@ -271,8 +259,8 @@ class Monitor:
                 "time": time.time(),
                 "graph": self.graph_name,
                 "endpoint": endpoint,
-                "step": step,
-                "labels": labels or {},
+                "step": model_endpoint.step,
+                "labels": model_endpoint.labels,
                 "request_id": request_id,
                 "inputs": inputs,
                 "outputs": None if error is not None else result,
@@ -313,9 +301,9 @@ class _WorkerCollector:
         up = GaugeMetricFamily("servegraph_worker_up", "1 while the worker process serves", labels=["worker"])
         depth = GaugeMetricFamily("servegraph_worker_queue_depth", "Calls sent to the worker, not yet answered",
                                   labels=["worker"])  # fmt: skip
-        for worker in self.monitor.workers():
+        for worker in self.monitor.workers:
             restarts.add_metric([worker.name], worker.restarts)
-            up.add_metric([worker.name], 0 if worker.is_down() else 1)
+            up.add_metric([worker.name], 1 if worker.up else 0)
             depth.add_metric([worker.name], worker.in_flight)
         dropped = CounterMetricFamily("servegraph_records_dropped", "Monitoring records dropped (sink full or failed)")
         sink = self.monitor.records
@@ -326,7 +314,7 @@ class _WorkerCollector:
 DEFAULT_RECORDS_DIR = Path("servegraph-records")
 
 
-def records_for(graph: Any, target: str | Path | Callable[[dict[str, Any]], Any] | None) -> RecordSink | None:
+def records_for(graph: Graph, target: str | Path | Callable[[dict[str, Any]], Any] | None) -> RecordSink | None:
     """The record sink a graph needs: `target` if given, else a file under ./servegraph-records when
     the graph or one of its models asks for monitoring, else none."""
     if target is not None:

@@ -2,24 +2,28 @@
 
 Calls go preprocess → predict → postprocess. A model streams when its `predict` (or
 `predict_async`) is a generator; a unary call to a streaming model gets its chunks joined by the
-model's ``join_chunks`` (a list by default). Shared models learn the proxy a call came through
-when their predict takes ``endpoint`` / ``model_artifact`` keywords.
+model's ``join_chunks`` (a list by default). A shared model knows its proxies' artifacts from the
+start, so a call names only the endpoint it came through; the model learns it (and the artifact)
+when its predict takes ``endpoint`` / ``model_artifact`` keywords.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
-from servegraph.errors import NotFound
-from servegraph.models import Model, ModelArtifact, ModelSpec, overrides
+from ..errors import NotFound
+from .artifacts import ModelArtifact
+from .base import overrides
+from .spec import ModelSpec
 
 
 class HostedModel:
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, proxies: Mapping[str, ModelArtifact | None] | None = None):
         self.spec = spec
-        self.instance: Model = spec.model_class(name=spec.name, model_artifact=spec.model_artifact, **spec.parameters)
+        self.proxies = dict(proxies or {})
+        self.instance = spec.model_class(name=spec.name, model_artifact=spec.model_artifact, **spec.parameters)
         self.is_async = prediction_method(spec) == "predict_async"
         self.method: Callable[..., Any] = getattr(self.instance, prediction_method(spec))
         self.streams = streams(spec)
@@ -31,26 +35,31 @@ class HostedModel:
     def load(self) -> None:
         self.instance.load()
 
-    def _arguments(self, body: Any, endpoint: str | None, artifact: ModelArtifact | None) -> tuple[Any, dict]:
+    def serves(self, endpoint: str) -> bool:
+        """Whether calls for `endpoint` come here: the model's own name, or one of its proxies."""
+        return endpoint == self.spec.name or endpoint in self.proxies
+
+    def _arguments(self, body: Any, endpoint: str | None) -> tuple[Any, dict[str, Any]]:
         if self.preprocess is not None:
             body = self.preprocess(body)
-        kwargs = {"endpoint": endpoint, "model_artifact": artifact} if endpoint and self.takes_proxy else {}
-        return body, kwargs
+        if endpoint in self.proxies and self.takes_proxy:
+            return body, {"endpoint": endpoint, "model_artifact": self.proxies[endpoint]}
+        return body, {}
 
     def _finish(self, result: Any) -> Any:
         return self.postprocess(result) if self.postprocess is not None else result
 
     # -- unary --------------------------------------------------------------------------------------
-    def predict(self, body: Any, endpoint: str | None = None, artifact: ModelArtifact | None = None) -> Any:
+    def predict(self, body: Any, endpoint: str | None = None) -> Any:
         """For sync models (call from a thread when the model is slow)."""
-        body, kwargs = self._arguments(body, endpoint, artifact)
+        body, kwargs = self._arguments(body, endpoint)
         result = self.method(body, **kwargs)
         if self.streams:
             result = self.join(list(result))
         return self._finish(result)
 
-    async def predict_async(self, body: Any, endpoint: str | None = None, artifact: ModelArtifact | None = None) -> Any:
-        body, kwargs = self._arguments(body, endpoint, artifact)
+    async def predict_async(self, body: Any, endpoint: str | None = None) -> Any:
+        body, kwargs = self._arguments(body, endpoint)
         if self.streams:
             result = self.join([chunk async for chunk in self.method(body, **kwargs)])
         else:
@@ -66,19 +75,17 @@ class HostedModel:
         return await result if inspect.isawaitable(result) else result
 
     # -- streaming ----------------------------------------------------------------------------------
-    def stream(self, body: Any, endpoint: str | None = None, artifact: ModelArtifact | None = None) -> Iterator[Any]:
+    def stream(self, body: Any, endpoint: str | None = None) -> Iterator[Any]:
         """Chunks of a sync streaming model (postprocess runs on each chunk)."""
-        body, kwargs = self._arguments(body, endpoint, artifact)
+        body, kwargs = self._arguments(body, endpoint)
         if not self.streams:
             yield self._finish(self.method(body, **kwargs))
             return
         for chunk in self.method(body, **kwargs):
             yield self._finish(chunk)
 
-    async def stream_async(
-        self, body: Any, endpoint: str | None = None, artifact: ModelArtifact | None = None
-    ) -> AsyncIterator[Any]:
-        body, kwargs = self._arguments(body, endpoint, artifact)
+    async def stream_async(self, body: Any, endpoint: str | None = None) -> AsyncIterator[Any]:
+        body, kwargs = self._arguments(body, endpoint)
         if not self.streams:
             yield self._finish(await self.method(body, **kwargs))
             return

@@ -1,95 +1,22 @@
-"""Models and the ModelRunnerStep: user base classes and declarations (MLRun's names).
+"""The ModelRunnerStep and its endpoints: models, shared-model proxies, selectors (MLRun's names).
 
-A model endpoint is declared once (`ModelSpec`) and placed at start by `hosting.ModelHub`:
-in the router (naive, asyncio, thread_pool) or in worker processes (process_pool,
-dedicated_process). Shared models are declared on the graph and reached through proxies.
+A model endpoint is declared here; `hosting.ModelHub` places its model when the graph starts, in
+the router (naive, asyncio, thread_pool) or in worker processes (process_pool, dedicated_process).
+Shared models are declared on the graph and reached through proxies.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
-from .errors import GraphError
-from .imports import import_object, is_importable, object_path
-from .steps import STEP_KINDS, Step
-
-IN_ROUTER = ("naive", "asyncio", "thread_pool")
-IN_WORKERS = ("process_pool", "dedicated_process")
-EXECUTION_MECHANISMS = IN_ROUTER + IN_WORKERS
-
-
-class ModelArtifact:
-    """Where a model's files are (`uri`) and what else describes it (`meta`)."""
-
-    kind: ClassVar[str] = "model"
-
-    def __init__(self, uri: str | None = None, **meta: Any):
-        self.uri = uri
-        self.meta = meta
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "uri": self.uri, **self.meta}
-
-    @staticmethod
-    def from_dict(data: dict[str, Any] | None) -> ModelArtifact | None:
-        if data is None:
-            return None
-        data = dict(data)
-        cls = ARTIFACT_KINDS.get(data.pop("kind", "model"), ModelArtifact)
-        return cls._from_fields(data)
-
-    @classmethod
-    def _from_fields(cls, data: dict[str, Any]) -> ModelArtifact:
-        return cls(**data)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ModelArtifact) and self.to_dict() == other.to_dict()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.to_dict()!r})"
-
-
-ARTIFACT_KINDS: dict[str, type[ModelArtifact]] = {"model": ModelArtifact}
-
-BUILTIN_MODELS = {"LLModel": "servegraph.llm.LLModel"}
-"""Model classes that may be named without their module, as in MLRun (``model_class="LLModel"``)."""
-
-
-class Model:
-    """Base class for models: override `load`, and `predict` and/or `predict_async`.
-
-    A generator `predict` streams its chunks. `preprocess` and `postprocess` run around every call
-    in the same process as the model. Models in worker processes are created and loaded there,
-    once per process, and keep their state across calls.
-
-    A shared model learns which proxy a call came through when its predict method takes
-    ``endpoint`` and ``model_artifact`` keyword arguments.
-    """
-
-    def __init__(self, name: str | None = None, model_artifact: ModelArtifact | None = None, **parameters: Any):
-        self.name = name or type(self).__name__
-        self.model_artifact = model_artifact
-        self.parameters = parameters
-
-    def load(self) -> None:
-        """Load weights and anything slow; runs once, where the model runs, before it is ready."""
-
-    def predict(self, body: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} does not implement predict()")
-
-    async def predict_async(self, body: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} does not implement predict_async()")
-
-    def get_param(self, key: str, default: Any = None) -> Any:
-        return self.parameters.get(key, default)
-
-
-def overrides(model_class: type, method: str) -> bool:
-    return getattr(model_class, method, None) is not getattr(Model, method, None)
+from ..errors import GraphError
+from ..imports import import_object, object_path
+from ..models.artifacts import ModelArtifact, as_artifact
+from ..models.spec import EXECUTION_MECHANISMS, ModelSpec
+from .steps import Step
 
 
 class EndpointName(str):
@@ -113,74 +40,6 @@ class ModelSelector:
 
     def select(self, event: Any, available_models: list[EndpointName]) -> Iterable[str] | None:
         return None
-
-
-@dataclass
-class ModelSpec:
-    """One model as declared: the class (by import path across processes) and how it runs."""
-
-    name: str
-    model_class: type
-    execution_mechanism: str
-    model_artifact: ModelArtifact | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.model_class, str):
-            path = BUILTIN_MODELS.get(self.model_class, self.model_class)
-            self.model_class = import_object(path, "model class")
-        if not (inspect.isclass(self.model_class) and issubclass(self.model_class, Model)):
-            raise GraphError(f"model '{self.name}': model_class must be a servegraph Model subclass")
-        if self.execution_mechanism not in EXECUTION_MECHANISMS:
-            raise GraphError(
-                f"model '{self.name}': execution_mechanism {self.execution_mechanism!r} is not one of "
-                f"{', '.join(EXECUTION_MECHANISMS)}"
-            )
-        if self.execution_mechanism == "asyncio" and not overrides(self.model_class, "predict_async"):
-            raise GraphError(
-                f"model '{self.name}': execution_mechanism 'asyncio' needs {self.model_class.__name__}.predict_async"
-            )
-        if self.execution_mechanism in IN_WORKERS:
-            if not is_importable(self.model_class):
-                raise GraphError(
-                    f"model '{self.name}': {self.model_class.__qualname__} runs in a worker process, which imports it "
-                    f"by path; define it at the top level of an importable module (not __main__)"
-                )
-            try:
-                json.dumps(self.parameters)
-            except TypeError as exc:
-                raise GraphError(f"model '{self.name}': parameters must be JSON values for a worker: {exc}") from None
-
-    @property
-    def monitoring(self) -> bool:
-        """``monitoring=True`` writes a record per call of this model (see monitoring.py)."""
-        return bool(self.parameters.get("monitoring"))
-
-    @property
-    def timeout(self) -> float | None:
-        value = self.parameters.get("timeout")
-        return float(value) if value is not None else None
-
-    def to_dict(self) -> dict[str, Any]:
-        spec: dict[str, Any] = {
-            "model_class": object_path(self.model_class),
-            "execution_mechanism": self.execution_mechanism,
-        }
-        if self.model_artifact is not None:
-            spec["model_artifact"] = self.model_artifact.to_dict()
-        if self.parameters:
-            spec["parameters"] = dict(self.parameters)
-        return spec
-
-    @classmethod
-    def from_dict(cls, name: str, spec: dict[str, Any]) -> ModelSpec:
-        return cls(
-            name,
-            spec["model_class"],
-            spec["execution_mechanism"],
-            ModelArtifact.from_dict(spec.get("model_artifact")),
-            dict(spec.get("parameters", {})),
-        )
 
 
 @dataclass
@@ -267,7 +126,9 @@ class ModelRunnerStep(Step):
                 f"add_model('{endpoint_name}'): execution_mechanism is required: "
                 f"one of {', '.join(EXECUTION_MECHANISMS)}"
             )
-        model = ModelSpec(endpoint_name, model_class, execution_mechanism, _artifact(model_artifact), model_parameters)
+        model = ModelSpec(
+            endpoint_name, model_class, execution_mechanism, as_artifact(model_artifact), model_parameters
+        )
         self._add(
             Endpoint(endpoint_name, model, None, None, inputs, outputs, input_path, result_path, dict(labels or {}))
         )
@@ -292,7 +153,7 @@ class ModelRunnerStep(Step):
                 endpoint_name,
                 None,
                 shared_model_name,
-                _artifact(model_artifact),
+                as_artifact(model_artifact),
                 inputs,
                 outputs,
                 input_path,
@@ -336,13 +197,6 @@ class ModelRunnerStep(Step):
 
 def _class_of(obj: Any) -> type:
     return obj if inspect.isclass(obj) else type(obj)
-
-
-def _artifact(value: ModelArtifact | str | None) -> ModelArtifact | None:
-    return ModelArtifact(value) if isinstance(value, str) else value
-
-
-STEP_KINDS["model_runner"] = ModelRunnerStep
 
 
 @dataclass

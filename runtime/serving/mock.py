@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvloop
 
-from .engine import Engine
-from .errors import StepError
-from .event import Event
+from ..dsl.event import Event
+from ..engine.engine import Engine
+from ..errors import StepError
+from ..hosting.hub import ModelHub
 
 if TYPE_CHECKING:
-    from .graph import Graph
+    from ..dsl.graph import Graph
 
 T = TypeVar("T")
 
@@ -34,7 +35,7 @@ T = TypeVar("T")
 class MockServer:
     def __init__(self, graph: Graph):
         self.graph = graph
-        self.engine = Engine(graph)
+        self.engine = Engine(graph, ModelHub(graph))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()

@@ -11,13 +11,16 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .errors import GraphError
-from .imports import import_object
-from .models import Endpoint, ModelArtifact, ModelRunnerStep, ModelSpec, SharedModel
-from .steps import STEP_KINDS, Step, TaskStep, as_list
+from ..errors import GraphError
+from ..imports import import_object
+from ..models.artifacts import ModelArtifact, as_artifact
+from ..models.spec import ModelSpec
+from .kinds import step_class, step_from_dict
+from .model_runner import Endpoint, ModelRunnerStep, SharedModel
+from .steps import Step, TaskStep, as_list
 
 if TYPE_CHECKING:
-    from .mock import MockServer
+    from ..serving.mock import MockServer
 
 DEFAULT_MAX_ITERATIONS = 100
 
@@ -150,8 +153,7 @@ class Graph:
         """Declare a model that loads once and serves every ``add_shared_model_proxy`` endpoint."""
         if name in self.shared_models:
             raise GraphError(f"graph '{self.name}' already has a shared model named '{name}'")
-        artifact = ModelArtifact(model_artifact) if isinstance(model_artifact, str) else model_artifact
-        spec = ModelSpec(name, model_class, execution_mechanism, artifact, model_parameters)
+        spec = ModelSpec(name, model_class, execution_mechanism, as_artifact(model_artifact), model_parameters)
         self.shared_models[name] = SharedModel(spec, input_path, result_path)
         return self
 
@@ -305,11 +307,11 @@ class Graph:
             graph.shared_models[name] = SharedModel.from_dict(name, shared)
         graph.configure_pool_resource(**spec.get("pool", {}))
         for name, step_spec in spec.get("error_handlers", {}).items():
-            handler = Step.from_dict(name, step_spec)
+            handler = step_from_dict(name, step_spec)
             handler.graph = graph
             graph.error_handlers[name] = handler  # type: ignore[assignment]
         for name, step_spec in spec.get("steps", {}).items():
-            graph._register(Step.from_dict(name, step_spec))
+            graph._register(step_from_dict(name, step_spec))
         graph.on_error = spec.get("on_error")
         return graph
 
@@ -329,7 +331,7 @@ class Graph:
     # -- running --------------------------------------------------------------------------------
     def to_mock_server(self, **options: Any) -> MockServer:
         """An in-process server running this graph on the real engine (workers really start)."""
-        from .mock import MockServer
+        from ..serving.mock import MockServer
 
         return MockServer(self, **options)
 
@@ -348,8 +350,7 @@ def _make_step(
     """Build the right Step for what the user passed: a Step class or path, or user code."""
     target = class_name
     if isinstance(class_name, str):
-        step_classes = {cls.__name__: cls for cls in STEP_KINDS.values()}
-        target = step_classes.get(class_name) or import_object(class_name, "class")
+        target = step_class(class_name) or import_object(class_name, "class")
     if inspect.isclass(target) and issubclass(target, Step):
         if before:
             raise GraphError(f"before= applies to error handlers, not to {target.__name__}")

@@ -2,23 +2,20 @@
 
 A node holds what a step needs per event (its callable, its paths, its outlets) so that running
 an event does no lookups. `TaskNode` runs user code, `RouterNode` picks a route by path; the model
-runner's node lives in `model_runner.py`.
+runner's node lives in `runner.py`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import copy
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from ..aio import ChunkPump
+from ..dsl.event import Event, get_path, set_path, split_path
+from ..dsl.steps import RouterStep, Step, TaskStep
+from ..errors import NotFound
 from .callables import Context, Mode, bind
-from .errors import NotFound
-from .event import Event, get_path, set_path, split_path
-from .steps import RouterStep, Step, TaskStep
-
-_END = object()
 
 
 class Node:
@@ -90,13 +87,9 @@ class TaskNode(Node):
                 yield self.merge(event, chunk, copy_body=True)
             return
         # A sync generator never yields the loop between chunks (nothing would reach the caller before it
-        # ends) and may block waiting for its next chunk (a model's token streamer): advance it in a thread.
-        try:
-            while (chunk := await asyncio.to_thread(next, produced, _END)) is not _END:
-                yield self.merge(event, chunk, copy_body=True)
-        finally:
-            with contextlib.suppress(ValueError):  # still running in its thread: closed when collected
-                produced.close()
+        # ends) and may block waiting for its next chunk: it runs in a thread.
+        async for chunk in ChunkPump(produced):
+            yield self.merge(event, chunk, copy_body=True)
 
 
 class RouterNode(Node):

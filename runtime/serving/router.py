@@ -20,13 +20,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import start_http_server
 
+from ..dsl.graph import Graph
+from ..engine.engine import Engine
+from ..hosting.hub import ModelHub
+from ..v1 import graph_pb2, graph_pb2_grpc
 from . import v2_protocol, v2_service
 from .dataplane import DataPlane
-from .engine import Engine
-from .graph import Graph
 from .graph_service import GraphService
 from .monitoring import Monitor, records_for
-from .v1 import graph_pb2, graph_pb2_grpc
 
 logger = logging.getLogger("servegraph.router")
 
@@ -49,8 +50,9 @@ class Router:
         metrics_port: int | None = None,
         records: str | Path | Callable[[dict[str, Any]], Any] | None = None,
     ):
-        self.monitor = Monitor(graph.name, records=records_for(graph, records))
-        self.engine = Engine(graph, monitor=self.monitor)
+        models = ModelHub(graph)
+        self.monitor = Monitor(graph.name, records=records_for(graph, records), workers=models.workers)
+        self.engine = Engine(graph, models, monitor=self.monitor)
         self.metrics_port = metrics_port
         self._metrics_server: Any = None
         self.host = host
@@ -103,7 +105,6 @@ class Router:
         if not self.port:
             self._release()
             raise PortUnavailable(f"cannot listen on {address}: the port is taken, or the address is not this host's")
-        self.monitor.workers = lambda: self.engine.models.workers
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         try:

@@ -15,18 +15,19 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..dsl.event import Event
+from ..dsl.graph import DEFAULT_MAX_ITERATIONS, Graph
+from ..dsl.model_runner import ModelRunnerStep
+from ..dsl.steps import COMPLETE, RouterStep, Step, TaskStep
+from ..errors import MaxIterationsError, ServingError, StepError
 from .callables import Context
-from .errors import MaxIterationsError, NotFound, ServingError, StepError
-from .event import Event
-from .graph import DEFAULT_MAX_ITERATIONS, Graph
-from .hosting import ModelHub
-from .model_runner import ModelRunnerNode
-from .models import ModelRunnerStep
-from .monitoring import Monitor
 from .nodes import Node, RouterNode, TaskNode
-from .steps import COMPLETE, RouterStep, Step, TaskStep
+from .runner import ModelCalls, ModelRunnerNode, Observer
+
+if TYPE_CHECKING:
+    from ..hosting.hub import ModelHub
 
 logger = logging.getLogger("servegraph.engine")
 
@@ -34,19 +35,6 @@ STREAM_BUFFER = 64
 """Chunks a stream may run ahead of its consumer before the producing steps wait."""
 
 _END = object()
-
-NODE_TYPES: tuple[tuple[type[Step], type[Node]], ...] = (
-    (ModelRunnerStep, ModelRunnerNode),
-    (RouterStep, RouterNode),
-    (TaskStep, TaskNode),
-)
-
-
-def build_node(step: Step, context: Context) -> Node:
-    for step_type, node_type in NODE_TYPES:
-        if isinstance(step, step_type):
-            return node_type(step, context)  # type: ignore[arg-type]
-    raise TypeError(f"the engine cannot run steps of kind {type(step).__name__}")
 
 
 class _Call:
@@ -75,25 +63,29 @@ class _Call:
 
 
 class Engine:
-    """Runs a validated Graph: ``await start()``, then `run` or `stream` events, then ``await stop()``."""
+    """Runs a Graph: ``await start()``, then `run` or `stream` events, then ``await stop()``.
 
-    def __init__(self, graph: Graph, *, context: Context | None = None, monitor: Monitor | None = None):
-        graph.validate()
+    It is handed its model hub (which places the models and knows the endpoints) and, when the
+    graph is observed, its monitor; it builds neither.
+    """
+
+    def __init__(self, graph: Graph, models: ModelHub, *, monitor: Observer | None = None):
         self.graph = graph
-        self.context = context or Context(graph.name)
-        self.context.monitor = self.monitor = monitor
-        self.models = ModelHub(graph)
+        self.models = models
+        self.endpoints = models.endpoints
+        self.monitor = monitor
+        self.context = Context(graph.name)
+        self.calls = ModelCalls(monitor)
+        """Calls to single model endpoints, observed: what model runners and the V2 data plane use."""
         self.nodes: dict[str, Node] = {}
         self.handlers: dict[str, Node] = {}
         self.roots: list[Node] = []
-        self.runners: dict[str, ModelRunnerNode] = {}
         self.streaming = False  # some step always streams: unary calls collect the chunks
         self.can_stream = False  # some step or model streams when the caller asks for a stream
         self.ready = False
 
     async def start(self) -> None:
         """Place and load every model (workers start), then build the nodes."""
-        self.context.models = self.models
         await self.models.start()
         try:
             self._build()
@@ -107,9 +99,9 @@ class Engine:
         await self.models.stop()
 
     def _build(self) -> None:
-        graph, context = self.graph, self.context
-        self.nodes = {name: build_node(step, context) for name, step in graph.steps.items()}
-        self.handlers = {name: build_node(step, context) for name, step in graph.error_handlers.items()}
+        graph = self.graph
+        self.nodes = {name: self._node(step) for name, step in graph.steps.items()}
+        self.handlers = {name: self._node(step) for name, step in graph.error_handlers.items()}
         for name, outlets in graph.outlets().items():
             self.nodes[name].connect([self.nodes[outlet] for outlet in outlets])
         for name, handler in self.handlers.items():
@@ -123,14 +115,17 @@ class Engine:
             step = graph.steps[node.name]
             node.max_iterations = step.max_iterations or graph.max_iterations or DEFAULT_MAX_ITERATIONS
         self.roots = [self.nodes[name] for name in graph.roots()]
-        self.runners = {
-            endpoint: node
-            for node in self.nodes.values()
-            if isinstance(node, ModelRunnerNode)
-            for endpoint in node.targets
-        }
         self.streaming = any(node.streams for node in self.nodes.values())
         self.can_stream = self.streaming or any(node.can_stream for node in self.nodes.values())
+
+    def _node(self, step: Step) -> Node:
+        if isinstance(step, ModelRunnerStep):
+            return ModelRunnerNode(step, self.context, self.endpoints.of_step(step), self.calls)
+        if isinstance(step, RouterStep):
+            return RouterNode(step, self.context)
+        if isinstance(step, TaskStep):
+            return TaskNode(step, self.context)
+        raise TypeError(f"the engine cannot run steps of kind {type(step).__name__}")
 
     # -- requests -------------------------------------------------------------------------------
     async def run(self, event: Event) -> Any:
@@ -168,28 +163,6 @@ class Engine:
             if not producer.done():
                 producer.cancel()
                 await asyncio.gather(producer, return_exceptions=True)
-
-    # -- one model endpoint, outside the flow (V2 inference) ---------------------------------------
-    def _runner(self, endpoint: str) -> ModelRunnerNode:
-        runner = self.runners.get(endpoint)
-        if runner is None:
-            raise NotFound(f"the graph has no model endpoint '{endpoint}'")
-        return runner
-
-    async def call_endpoint(self, endpoint: str, body: Any, request_id: str = "") -> Any:
-        """Run one model endpoint on `body`, as its step would but without the step's selection."""
-        return await self._runner(endpoint).call_endpoint(endpoint, body, request_id)
-
-    def stream_endpoint(self, endpoint: str, body: Any, request_id: str = "") -> AsyncIterator[Any]:
-        return self._runner(endpoint).stream_endpoint(endpoint, body, request_id)
-
-    async def call_operation(self, endpoint: str, operation: str, body: Any) -> Any:
-        """A model's custom operation ``op_<operation>(body)`` (MLRun's ``/v2/models/<name>/<op>``)."""
-        return await self._runner(endpoint).call_operation(endpoint, operation, body)
-
-    def endpoint_ready(self, endpoint: str) -> bool:
-        runner = self.runners.get(endpoint)
-        return runner is None or runner.targets[endpoint].handle.ready()
 
     # -- the flow -------------------------------------------------------------------------------
     async def _enter(self, event: Event, call: _Call) -> None:
@@ -321,22 +294,3 @@ class Engine:
                     seen.add(name)
                     stack.extend(outlets[name])
         return looping
-
-    def describe_endpoints(self) -> list[dict[str, Any]]:
-        """Every model endpoint: ModelRunnerStep models and proxies, and router routes."""
-        endpoints = []
-        for name, (step, endpoint) in self.graph.endpoints().items():
-            spec = endpoint.model or self.graph.shared_models[endpoint.shared_model_name].model  # type: ignore[index]
-            endpoints.append(
-                {
-                    "name": name,
-                    "step": step.name,
-                    "kind": "proxy" if endpoint.shared_model_name else "model",
-                    "model_class": spec.model_class.__name__,
-                    "execution_mechanism": spec.execution_mechanism,
-                }
-            )
-        for node in self.nodes.values():
-            if isinstance(node, RouterNode):
-                endpoints.extend({"name": key, "step": node.name, "kind": "route"} for key in node.routes)
-        return endpoints

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from . import codec
+from .. import codec
+from ..dsl.event import Event, new_event_id
+from ..engine.engine import Engine
+from ..errors import InvalidArgument, ServingError, Unavailable
+from ..rpc_errors import reports_errors, request_id
+from ..v1 import graph_pb2, graph_pb2_grpc
 from .dataplane import DataPlane
-from .engine import Engine
-from .errors import InvalidArgument, ServingError, Unavailable
-from .event import Event, new_event_id
-from .monitoring import EndpointStats
-from .v1 import graph_pb2, graph_pb2_grpc
-
-logger = logging.getLogger("servegraph.router")
 
 REQUEST_ID_HEADER = "x-request-id"
 
@@ -27,30 +24,28 @@ class GraphService(graph_pb2_grpc.GraphServicer):
         self.engine = engine
         self.dataplane = dataplane
 
+    @reports_errors
     async def Invoke(self, request: graph_pb2.InvokeRequest, context: grpc.aio.ServicerContext) -> Any:
-        event = await self._event(request, context)
-        try:
-            if event.path.startswith("/v2/") and self.dataplane.handles(event.path):
-                result = await self.dataplane.invoke_path(event)
-            else:
-                result = await self.engine.run(event)
-            return _response(event.id, result)
-        except Exception as exc:
-            await _abort(context, exc, event)
+        event = self._event(request, context)
+        if event.path.startswith("/v2/") and self.dataplane.handles(event.path):
+            result = await self.dataplane.invoke_path(event)
+        else:
+            result = await self.engine.run(event)
+        return _response(event.id, result)
 
+    @reports_errors
     async def InvokeStream(
         self, request: graph_pb2.InvokeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[graph_pb2.InvokeResponse]:
-        event = await self._event(request, context)
+        event = self._event(request, context)
         chunks = self.engine.stream(event)
         try:
             async for chunk in chunks:
                 yield _response(event.id, chunk)
-        except Exception as exc:
-            await _abort(context, exc, event)
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
 
+    @reports_errors
     async def Describe(self, request: graph_pb2.DescribeRequest, context: grpc.aio.ServicerContext) -> Any:
         graph = self.engine.graph
         spec = struct_pb2.Struct()
@@ -65,19 +60,19 @@ class GraphService(graph_pb2_grpc.GraphServicer):
                 )
                 for name, step in graph.steps.items()
             ],
-            endpoints=[graph_pb2.Endpoint(**endpoint) for endpoint in self.engine.describe_endpoints()],
+            endpoints=[graph_pb2.Endpoint(**endpoint) for endpoint in self.engine.endpoints.describe()],
             mermaid=graph.plot(),
             streaming=self.engine.can_stream,
         )
 
+    @reports_errors
     async def Stats(self, request: graph_pb2.StatsRequest, context: grpc.aio.ServicerContext) -> Any:
-        known = self.engine.monitor.stats if self.engine.monitor is not None else {}
         endpoints = []
-        for name in sorted({*self.engine.runners, *known}):  # endpoints not called yet show as zeros
-            stats = known.get(name) or EndpointStats()
+        for endpoint in sorted(self.engine.endpoints.models(), key=lambda endpoint: endpoint.name):
+            stats = endpoint.stats
             endpoints.append(
                 graph_pb2.EndpointStats(
-                    name=name,
+                    name=endpoint.name,
                     requests=stats.requests,
                     failures=stats.failures,
                     p50_ms=stats.quantile(0.5) * 1e3,
@@ -89,16 +84,14 @@ class GraphService(graph_pb2_grpc.GraphServicer):
             )
         return graph_pb2.StatsResponse(endpoints=endpoints)
 
-    async def _event(self, request: graph_pb2.InvokeRequest, context: grpc.aio.ServicerContext) -> Event:
+    def _event(self, request: graph_pb2.InvokeRequest, context: grpc.aio.ServicerContext) -> Event:
         if not self.engine.ready:
-            await _abort(context, Unavailable(f"graph '{self.engine.graph.name}' is still loading"), None)
-        request_id = request.id or _metadata(context).get(REQUEST_ID_HEADER) or new_event_id()
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-        try:
-            body = codec.from_value(request.body, request.tensors)
-        except ServingError as exc:
-            await _abort(context, exc, None)
-        return Event(body, id=request_id, path=request.path or "/", headers=request.headers)
+            raise Unavailable(f"graph '{self.engine.graph.name}' is still loading")
+        event_id = request.id or _metadata(context).get(REQUEST_ID_HEADER) or new_event_id()
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, event_id),))
+        body = codec.from_value(request.body, request.tensors)
+        request_id.set(event_id)
+        return Event(body, id=event_id, path=request.path or "/", headers=request.headers)
 
 
 def _response(event_id: str, result: Any) -> graph_pb2.InvokeResponse:
@@ -108,19 +101,6 @@ def _response(event_id: str, result: Any) -> graph_pb2.InvokeResponse:
     except InvalidArgument as failure:  # the request was fine: the graph's output is at fault
         raise ServingError(f"the graph's response cannot be sent back: {failure}") from None
     return response
-
-
-async def _abort(context: grpc.aio.ServicerContext, error: Exception, event: Event | None) -> None:
-    """End the call with the error's status; unexpected exceptions are logged with their traceback."""
-    if isinstance(error, ServingError):
-        code, message = error.code, str(error)
-        logger.info("request %s failed: %s", event.id if event else "-", message)
-    else:
-        code, message = "INTERNAL", f"{type(error).__name__}: {error}"
-        logger.exception("request %s failed unexpectedly", event.id if event else "-")
-    if event is not None:
-        message = f"{message} [request {event.id}]"
-    await context.abort(grpc.StatusCode[code], message)
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:

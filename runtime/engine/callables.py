@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import GraphError
-from .steps import TaskStep
+from ..dsl.steps import TaskStep
+from ..errors import GraphError
 
 
 class Mode(enum.Enum):
@@ -35,10 +35,6 @@ class Context:
 
     graph_name: str
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("servegraph.steps"))
-    models: Any = None
-    """The graph's `hosting.ModelHub` once the engine has started."""
-    monitor: Any = None
-    """The router's `monitoring.Monitor`, when the graph is observed."""
 
 
 @dataclass

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import grpc
 
-from servegraph.v1 import worker_pb2, worker_pb2_grpc
+from ..v1 import worker_pb2, worker_pb2_grpc
 
 
 class StreamClosed(ConnectionError):

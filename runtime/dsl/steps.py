@@ -1,7 +1,7 @@
 """Step declarations: what a graph is made of, as data that serializes and rebuilds elsewhere.
 
 A declaration holds only names, import paths and arguments; `engine.py` turns declarations into
-running nodes. User-facing base classes for steps (`Choice`) live here too.
+running nodes (`dsl.kinds` rebuilds them from dicts). User-facing base classes for steps (`Choice`) live here too.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .errors import GraphError
-from .imports import import_object, object_path
+from ..errors import GraphError
+from ..imports import import_object, object_path
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -113,19 +113,6 @@ class Step:
     def _spec(self) -> dict[str, Any]:
         """The kind-specific part of `to_dict`."""
         return {}
-
-    @classmethod
-    def from_dict(cls, name: str, spec: dict[str, Any]) -> Step:
-        spec = dict(spec)
-        step_cls = STEP_KINDS.get(spec.pop("kind", "task"))
-        if step_cls is None:
-            raise GraphError(f"step '{name}': unknown kind; known kinds are {sorted(STEP_KINDS)}")
-        responder = spec.pop("responder", False)
-        on_error = spec.pop("on_error", None)
-        step = step_cls._from_spec(name, spec)
-        step.responder = responder
-        step.on_error = on_error
-        return step
 
     @classmethod
     def _from_spec(cls, name: str, spec: dict[str, Any]) -> Step:
@@ -247,7 +234,3 @@ def default_name(class_name: Any, handler: Any) -> str:
     if handler is not None:
         return getattr(handler, "__name__", type(handler).__name__)
     return getattr(class_name, "__name__", "step")
-
-
-STEP_KINDS: dict[str, type[Step]] = {"task": TaskStep, "router": RouterStep}
-"""Step kinds by their serialized name; later kinds (model runners) register themselves here."""

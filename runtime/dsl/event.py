@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
 
 
 def new_event_id() -> str:

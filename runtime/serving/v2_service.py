@@ -7,15 +7,14 @@ a process that imports both).
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from .concurrency import answer_concurrently
+from ..aio import answer_concurrently
+from ..rpc_errors import report, reports_errors
 from .dataplane import DataPlane
-from .errors import ServingError, describe, status_of
 from .v2_protocol import (
     SERVICE,
     ModelInferResponse,
@@ -24,8 +23,6 @@ from .v2_protocol import (
     fill_response,
     message,
 )
-
-logger = logging.getLogger("servegraph.v2")
 
 FINAL = "triton_final_response"
 
@@ -40,22 +37,26 @@ class InferenceService:
     async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return message("ServerReadyResponse")(ready=self.dataplane.ready())
 
+    @reports_errors
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        ready = await self._guard(context, lambda: self.dataplane.model_ready(request.name))
-        return message("ModelReadyResponse")(ready=ready)
+        return message("ModelReadyResponse")(ready=self.dataplane.model_ready(request.name))
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return message("ServerMetadataResponse")(**self.dataplane.server_metadata())
 
+    @reports_errors
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        metadata = await self._guard(context, lambda: self.dataplane.model_metadata(request.name))
-        return message("ModelMetadataResponse")(**metadata)
+        return message("ModelMetadataResponse")(**self.dataplane.model_metadata(request.name))
 
+    @reports_errors
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await self._infer(request)
-        except Exception as error:
-            await _abort(context, error)
+        outputs = await self.dataplane.infer(request.model_name, decode_inputs(request), request.id or None)
+        wanted = {output.name for output in request.outputs}
+        if wanted:
+            outputs = [tensor for tensor in outputs if tensor.name in wanted]
+        response = _response(request)
+        fill_response(response, outputs, raw=bool(request.raw_input_contents))
+        return response
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
@@ -79,45 +80,15 @@ class InferenceService:
             final.parameters[FINAL].bool_param = True
             yield ModelStreamInferResponse(infer_response=final)
         except Exception as error:
-            _log(error)
-            yield ModelStreamInferResponse(error_message=describe_error(error), infer_response=_response(request))
+            yield ModelStreamInferResponse(error_message=report(error)[1], infer_response=_response(request))
 
+    @reports_errors
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        statistics = await self._guard(context, lambda: self.dataplane.statistics(request.name))
-        return message("ModelStatisticsResponse")(model_stats=statistics)
-
-    async def _infer(self, request: Any) -> Any:
-        outputs = await self.dataplane.infer(request.model_name, decode_inputs(request), request.id or None)
-        wanted = {output.name for output in request.outputs}
-        if wanted:
-            outputs = [tensor for tensor in outputs if tensor.name in wanted]
-        response = _response(request)
-        fill_response(response, outputs, raw=bool(request.raw_input_contents))
-        return response
-
-    async def _guard(self, context: grpc.aio.ServicerContext, call: Callable[[], Any]) -> Any:
-        try:
-            return call()
-        except Exception as error:
-            await _abort(context, error)
+        return message("ModelStatisticsResponse")(model_stats=self.dataplane.statistics(request.name))
 
 
 def _response(request: Any) -> Any:
     return ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
-
-
-def describe_error(error: Exception) -> str:
-    return str(error) if isinstance(error, ServingError) else describe(error)
-
-
-def _log(error: Exception) -> None:
-    if not isinstance(error, ServingError):
-        logger.exception("V2 request failed unexpectedly", exc_info=error)
-
-
-async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
-    _log(error)
-    await context.abort(grpc.StatusCode[status_of(error)], describe_error(error))
 
 
 _METHODS = {

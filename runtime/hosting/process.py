@@ -1,8 +1,9 @@
 """One worker process as the router sees it: started, watched, restarted, stopped.
 
 The router spawns ``python -m servegraph.workers.worker`` (a fresh interpreter: never a fork of a
-process that has imported gRPC), hands it its models' declarations on stdin, relays its output to
-the log prefixed with its name, and talks to it over a Unix socket in a private directory. If the
+process that has imported gRPC), hands it its models' declarations (and their proxies' artifacts)
+on stdin, relays its output to the log prefixed with its name, and talks to it over a Unix socket in
+a private directory. If the
 process dies, calls in flight fail with UNAVAILABLE, and it is started again with backoff; calls
 that arrive meanwhile wait for it (bounded).
 """
@@ -14,18 +15,19 @@ import contextlib
 import json
 import logging
 import os
+import re
 import select
 import subprocess
 import sys
-import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from servegraph.errors import GraphError, Unavailable
-from servegraph.models import ModelSpec
-from servegraph.v1 import worker_pb2_grpc
-
+from ..errors import GraphError, Unavailable
+from ..models.artifacts import ModelArtifact
+from ..models.spec import ModelSpec
+from ..v1 import worker_pb2_grpc
 from .calls import CallStream
 
 logger = logging.getLogger("servegraph.worker")
@@ -35,12 +37,24 @@ START_TIMEOUT = float(os.environ.get("SERVEGRAPH_WORKER_START_TIMEOUT", "300"))
 
 BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0)
 
-READY = "servegraph-worker: ready"
-"""The line a worker prints on stdout once every model has loaded and the socket is listening."""
+READY_LINE = re.compile(r"^serving worker '.*' on \S+$")
+"""What a worker prints once every model has loaded and it listens (the standalone worker's contract)."""
+
+
+@dataclass
+class Placement:
+    """A model to load in a worker, with the endpoints it serves as proxies and their artifacts."""
+
+    spec: ModelSpec
+    proxies: dict[str, ModelArtifact | None]
+
+    def to_dict(self) -> dict[str, object]:
+        proxies = {name: artifact.to_dict() if artifact else None for name, artifact in self.proxies.items()}
+        return {"spec": self.spec.to_dict(), "proxies": proxies}
 
 
 class WorkerProcess:
-    def __init__(self, name: str, models: dict[str, ModelSpec], socket_dir: Path, *, device: str | None = None):
+    def __init__(self, name: str, models: dict[str, Placement], socket_dir: Path, *, device: str | None = None):
         self.name = name
         self.models = models
         self.socket = str(socket_dir / f"{name}.sock")
@@ -49,6 +63,8 @@ class WorkerProcess:
         self.calls: CallStream | None = None
         self.in_flight = 0
         self.restarts = 0
+        self.up = False
+        """Set on the event loop as the process comes and goes: what metrics read, from any thread."""
         self.ready = asyncio.Event()
         self._process: _Child | None = None
         self._channel: grpc.aio.Channel | None = None
@@ -93,10 +109,13 @@ class WorkerProcess:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket)
         self._process = _Child(
-            [sys.executable, "-m", "servegraph.workers.worker", "--socket", self.socket, "--parent", str(os.getpid())],
+            [
+                *(sys.executable, "-m", "servegraph.workers.worker", "--name", self.name),
+                *("--socket", self.socket, "--parent", str(os.getpid())),
+            ],
             self._environment(),
         )
-        specs = json.dumps({name: spec.to_dict() for name, spec in self.models.items()}).encode()
+        specs = json.dumps({name: placement.to_dict() for name, placement in self.models.items()}).encode()
         with contextlib.suppress(BrokenPipeError):  # it died at once: its output tells why
             await self._process.send(specs)
         lines: list[str] = []
@@ -112,6 +131,7 @@ class WorkerProcess:
         self.calls = CallStream(self.stub)
         self._relay = asyncio.create_task(self._relay_output(), name=f"output-{self.name}")
         self.ready.set()
+        self.up = True
         logger.info("worker '%s' ready (pid %s, models: %s)", self.name, self.pid, ", ".join(self.models))
 
     async def _read_until_ready(self, lines: list[str]) -> bool:
@@ -120,7 +140,7 @@ class WorkerProcess:
             async with asyncio.timeout(START_TIMEOUT):
                 while line := await self._process.stdout.readline():
                     text = line.decode(errors="replace")
-                    if text.rstrip() == READY:
+                    if READY_LINE.match(text.rstrip()):
                         return True
                     lines.append(text)
                     logger.info("[%s] %s", self.name, text.rstrip())
@@ -142,6 +162,7 @@ class WorkerProcess:
             assert self._process is not None
             code = await self._process.wait()
             self.ready.clear()
+            self.up = False
             await self._close_channel()
             logger.warning("worker '%s' (pid %s) exited with code %s; restarting", self.name, self._process.pid, code)
             while True:
@@ -214,7 +235,6 @@ class _Child:
         os.set_blocking(self._out, False)
         self._loop.add_reader(self._out, self._read)
         self._poll = select.poll()
-        self._polling = threading.Lock()  # one poll object, asked from the loop and the metrics thread
         try:
             self._pidfd: int | None = os.pidfd_open(self.pid)
             self._loop.add_reader(self._pidfd, self._reap)
@@ -243,12 +263,10 @@ class _Child:
     def exited(self) -> bool:
         """Whether it has exited, even if the event loop has not run `_reap` yet (one poll(2) call).
 
-        Safe from any thread: a poll object refuses two callers at once, and the metrics scrape asks
-        from its own thread while the loop asks before every call."""
+        On the event loop only (a poll object refuses two callers at once)."""
         if self._exited.done():
             return True
-        with self._polling:
-            return self._pidfd is not None and bool(self._poll.poll(0))
+        return self._pidfd is not None and bool(self._poll.poll(0))
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exited)
@@ -277,10 +295,9 @@ class _Child:
     def _reap(self) -> None:
         if self._pidfd is not None:
             self._loop.remove_reader(self._pidfd)
-            with self._polling:
-                self._poll.unregister(self._pidfd)
-                os.close(self._pidfd)
-                self._pidfd = None
+            self._poll.unregister(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
         code = self.popen.wait()
         if not self._exited.done():
             self._exited.set_result(code)

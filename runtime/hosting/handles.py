@@ -1,0 +1,173 @@
+"""A handle per placed model, the same two calls wherever the model lives: `call` and `stream`.
+
+`LocalHandle` calls a model loaded in the router; `WorkerHandle` calls one in a worker process (or in
+each process of a pool) over gRPC. A call names the endpoint it came through (a shared model's
+proxy, or the model itself) and carries the body: the worker already knows each proxy's artifact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+
+from .. import codec
+from ..aio import ChunkPump
+from ..errors import DeadlineExceeded, RemoteError, Unavailable
+from ..models.hosted import HostedModel
+from ..models.spec import ModelSpec
+from ..v1 import worker_pb2
+from .calls import StreamClosed
+from .pool import WorkerPool
+from .process import START_TIMEOUT, WorkerProcess
+
+
+class ModelHandle:
+    """Calls one model wherever it lives; `timeout` (seconds) bounds every call."""
+
+    def __init__(self, spec: ModelSpec, streams: bool):
+        self.spec = spec
+        self.streams = streams
+        self.timeout = spec.timeout
+
+    async def call(self, body: Any, endpoint: str, operation: str | None = None, request_id: str = "") -> Any:
+        """The model's predict on `body` (or its custom ``op_<operation>``)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._call(body, endpoint, operation, request_id)
+        except TimeoutError:
+            raise self._deadline(endpoint) from None
+
+    def ready(self) -> bool:
+        return True
+
+    async def stream(self, body: Any, endpoint: str, request_id: str = "") -> AsyncIterator[Any]:
+        try:
+            async with asyncio.timeout(self.timeout):
+                async for chunk in self._stream(body, endpoint, request_id):
+                    yield chunk
+        except TimeoutError:
+            raise self._deadline(endpoint) from None
+
+    def _deadline(self, endpoint: str) -> DeadlineExceeded:
+        return DeadlineExceeded(f"model {self._named(endpoint)} did not answer within its {self.timeout}s timeout")
+
+    def _named(self, endpoint: str) -> str:
+        """How errors name the model: a shared model's proxy endpoint too, as the caller knows it by that."""
+        if endpoint != self.spec.name:
+            return f"'{endpoint}' (shared model '{self.spec.name}')"
+        return f"'{self.spec.name}'"
+
+    async def _call(self, body: Any, endpoint: str, operation: str | None, request_id: str) -> Any:
+        raise NotImplementedError
+
+    def _stream(self, body: Any, endpoint: str, request_id: str) -> AsyncIterator[Any]:
+        raise NotImplementedError
+
+
+class LocalHandle(ModelHandle):
+    """A model loaded in the router: inline (naive), on the event loop (asyncio) or in threads."""
+
+    def __init__(self, model: HostedModel, executor: ThreadPoolExecutor | None):
+        super().__init__(model.spec, model.streams)
+        self.model = model
+        self.executor = executor
+
+    async def _call(self, body: Any, endpoint: str, operation: str | None, request_id: str) -> Any:
+        if operation:
+            return await self.model.operation(operation, body)
+        if self.model.is_async:
+            return await self.model.predict_async(body, endpoint)
+        if self.executor is None:
+            return self.model.predict(body, endpoint)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.model.predict, body, endpoint)
+
+    async def _stream(self, body: Any, endpoint: str, request_id: str) -> AsyncIterator[Any]:
+        if self.model.is_async:
+            async for chunk in self.model.stream_async(body, endpoint):
+                yield chunk
+            return
+        chunks = self.model.stream(body, endpoint)
+        if self.executor is None:  # naive: inline, as asked
+            for chunk in chunks:
+                yield chunk
+            return
+        async for chunk in ChunkPump(chunks, self.executor, coalesce=True):
+            yield chunk
+
+
+class WorkerHandle(ModelHandle):
+    """A model in a worker process (or in each process of the pool), called over gRPC."""
+
+    def __init__(self, spec: ModelSpec, streams: bool, workers: WorkerPool):
+        super().__init__(spec, streams)
+        self.workers = workers
+
+    def ready(self) -> bool:
+        return any(not worker.is_down() for worker in self.workers.processes)
+
+    def _fill(
+        self, request: worker_pb2.PredictRequest, body: Any, endpoint: str, request_id: str, operation: str = ""
+    ) -> None:
+        request.endpoint = endpoint
+        request.request_id = request_id
+        request.operation = operation
+        codec.to_payload(body, request.body)
+
+    async def _call(self, body: Any, endpoint: str, operation: str | None, request_id: str) -> Any:
+        worker = self.workers.pick()
+        await worker.wait_ready(self.timeout or START_TIMEOUT)
+        worker.in_flight += 1
+        try:
+            response = await worker.calls.call(  # type: ignore[union-attr]
+                lambda request: self._fill(request, body, endpoint, request_id, operation or "")
+            )
+        except StreamClosed:
+            raise self._unavailable(worker, endpoint) from None
+        finally:
+            worker.in_flight -= 1
+        if response.error_code:
+            raise RemoteError(response.error_code, response.error_message)
+        return codec.from_payload(response.result)
+
+    async def _stream(self, body: Any, endpoint: str, request_id: str) -> AsyncIterator[Any]:
+        request = worker_pb2.PredictRequest()
+        self._fill(request, body, endpoint, request_id)
+        worker = self.workers.pick()
+        stub = await worker.wait_ready(self.timeout or START_TIMEOUT)
+        worker.in_flight += 1
+        call = stub.PredictStream(request)
+        try:
+            async for response in call:
+                yield codec.from_payload(response.result)
+        except grpc.RpcError as error:
+            raise self._failure(worker, error, endpoint) from None
+        except asyncio.CancelledError:  # grpc.aio cancels the calls cut by a dead worker's channel closing
+            if _cancelling():
+                raise
+            raise self._unavailable(worker, endpoint) from None
+        finally:
+            worker.in_flight -= 1
+            call.cancel()
+
+    def _failure(self, worker: WorkerProcess, error: grpc.RpcError, endpoint: str) -> Exception:
+        code = error.code()  # type: ignore[attr-defined]
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) or worker.is_down():
+            return self._unavailable(worker, endpoint)
+        return RemoteError(code.name, error.details() or code.name)  # type: ignore[attr-defined]
+
+    def _unavailable(self, worker: WorkerProcess, endpoint: str) -> Unavailable:
+        return Unavailable(
+            f"model {self._named(endpoint)} is unavailable: its worker '{worker.name}' (pid {worker.pid}) "
+            "stopped during the call and is being restarted"
+        )
+
+
+def _cancelling() -> bool:
+    """Whether the current task is being cancelled (a CancelledError not caused by someone else's close)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

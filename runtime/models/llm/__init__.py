@@ -1,0 +1,5 @@
+"""LLMs in graphs: `LLModel` and its providers (transformers, OpenAI)."""
+
+from .model import LLModel
+
+__all__ = ["LLModel"]
