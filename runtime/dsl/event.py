@@ -55,6 +55,13 @@ class Event:
         return f"Event(id={self.id!r}, path={self.path!r}, body={self.body!r})"
 
 
+def v2_model_path(path: str) -> list[str] | None:
+    """``/v2/models/<name>/<action>...`` → ``[name, action, ...]`` (``[]`` for ``/v2/models``); None for
+    any other path. The one parser of V2 paths: RouterStep routes and the V2 data plane both read them."""
+    parts = [part for part in path.split("/") if part]
+    return parts[2:] if parts[:2] == ["v2", "models"] else None
+
+
 def split_path(path: str | None) -> tuple[str, ...]:
     """``"outputs.answer"`` → ``("outputs", "answer")``; empty for no path."""
     return tuple(part for part in (path or "").split(".") if part)

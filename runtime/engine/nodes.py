@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ..aio import ChunkPump
-from ..dsl.event import Event, get_path, set_path, split_path
+from ..dsl.event import Event, get_path, set_path, split_path, v2_model_path
 from ..dsl.steps import RouterStep, Step, TaskStep
 from ..errors import NotFound
 from .callables import Context, Mode, bind
@@ -110,9 +110,9 @@ class RouterNode(Node):
         return route
 
     def route(self, path: str) -> TaskNode:
-        parts = [part for part in path.split("/") if part]
-        if parts[:2] == ["v2", "models"]:
-            parts = parts[2:]
+        parts = v2_model_path(path)
+        if parts is None:
+            parts = [part for part in path.split("/") if part]
         if not parts and len(self.routes) == 1:
             return next(iter(self.routes.values()))
         known = ", ".join(self.routes) or "none"

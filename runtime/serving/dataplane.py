@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from importlib.metadata import version
 from typing import Any
 
-from ..dsl.event import Event, new_event_id
+from ..dsl.event import Event, new_event_id, v2_model_path
 from ..engine.engine import Engine
 from ..errors import InvalidArgument, NotFound
 from ..hosting.endpoints import ModelEndpoint
@@ -124,16 +124,14 @@ class DataPlane:
     def handles(self, path: str) -> bool:
         """Whether an Invoke path is a V2 request: all of ``/v2/models``, except inference on a
         RouterStep route, which stays with the graph (the route's own code reads the body)."""
-        parts = [part for part in path.split("/") if part]
-        if parts[:2] != ["v2", "models"]:
-            return False
-        if len(parts) == 2:
-            return True
-        model = self.endpoints.by_name.get(parts[2])
-        return model is None or not (model.kind == "route" and parts[3:] == ["infer"])
+        parts = v2_model_path(path)
+        if not parts:
+            return parts is not None
+        model = self.endpoints.by_name.get(parts[0])
+        return model is None or not (model.kind == "route" and parts[1:] == ["infer"])
 
     async def invoke_path(self, event: Event) -> Any:
-        parts = [part for part in event.path.split("/") if part][2:]
+        parts = v2_model_path(event.path) or []
         if not parts:
             return {"models": list(self.endpoints.by_name)}
         name, action = parts[0], parts[1:]

@@ -27,7 +27,7 @@ class GraphService(graph_pb2_grpc.GraphServicer):
     @reports_errors
     async def Invoke(self, request: graph_pb2.InvokeRequest, context: grpc.aio.ServicerContext) -> Any:
         event = self._event(request, context)
-        if event.path.startswith("/v2/") and self.dataplane.handles(event.path):
+        if self.dataplane.handles(event.path):
             result = await self.dataplane.invoke_path(event)
         else:
             result = await self.engine.run(event)
