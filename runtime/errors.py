@@ -35,6 +35,12 @@ class Unavailable(ServingError):
     code = "UNAVAILABLE"
 
 
+class ResourceExhausted(ServingError):
+    """Too many calls are already waiting for a model (its ``max_queued``); retrying later may succeed."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
 class DeadlineExceeded(ServingError):
     """A call ran past its time limit."""
 
@@ -95,7 +101,7 @@ class MaxIterationsError(ServingError, RuntimeError):
 
 
 _BY_CODE: dict[str, type[ServingError]] = {
-    cls.code: cls for cls in (InvalidArgument, NotFound, Unavailable, DeadlineExceeded)
+    cls.code: cls for cls in (InvalidArgument, NotFound, Unavailable, DeadlineExceeded, ResourceExhausted)
 }
 
 

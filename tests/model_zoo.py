@@ -208,3 +208,29 @@ class UnsendableStream(sg.Model):
     def predict(self, body):
         yield {"i": 0}
         yield {"tags": {"a", "b"}}
+
+
+class Batched(sg.Model):
+    """Dynamic batching: answers each body with its own ``x``, the size of the batch it ran in and the
+    process it ran in; fails the whole batch when any body asks to (``fail``)."""
+
+    def predict_batch(self, bodies):
+        time.sleep(float(self.get_param("batch_seconds", 0.0)))
+        if any(isinstance(body, dict) and body.get("fail") for body in bodies):
+            raise ValueError(f"batch of {len(bodies)} refused")
+        return [{"x": body["x"], "batch": len(bodies), "pid": os.getpid()} for body in bodies]
+
+
+class BatchedTensors(sg.Model):
+    """Dynamic batching on V2 inputs: each call's first input doubled, with the batch size seen."""
+
+    def predict_batch(self, bodies):
+        return [{"doubled": body["inputs"][0] * 2, "batch": np.array([len(bodies)])} for body in bodies]
+
+
+class Sleepy(sg.Model):
+    """A sync model that takes ``seconds`` (a body field) to answer."""
+
+    def predict(self, body):
+        time.sleep(body.get("seconds", 0.5))
+        return {"slept": body.get("seconds", 0.5), "n": body.get("n")}

@@ -77,3 +77,28 @@ zoo = build_zoo
 crashy = build_crashy
 tokens = build_tokens
 bad_load = build_bad_load
+
+
+def build_batching() -> sg.Graph:
+    """The same batching model in a worker, in the router's thread pool, and a bounded-queue model."""
+    graph = sg.Graph("batching")
+    runner = sg.ModelRunnerStep(name="runner", model_selector="model_zoo.PickByKey")
+    for mechanism in ("dedicated_process", "thread_pool"):
+        runner.add_model(
+            mechanism,
+            model_zoo.Batched,
+            execution_mechanism=mechanism,
+            max_batch_size=4,
+            max_batch_delay_ms=100,
+            batch_seconds=0.05,
+        )
+    runner.add_model(
+        "tensors", model_zoo.BatchedTensors, execution_mechanism="dedicated_process", max_batch_size=8,
+        max_batch_delay_ms=50,
+    )  # fmt: skip
+    runner.add_model("bounded", model_zoo.Sleepy, execution_mechanism="dedicated_process", max_queued=2)
+    graph.to(runner).respond()
+    return graph
+
+
+batching = build_batching

@@ -3,8 +3,9 @@
 Started by the router as a fresh interpreter (``python -m servegraph.workers.worker``) with its
 models' declarations as JSON on stdin: each model with the proxies it serves and their artifacts,
 so a call names only its endpoint. Models are imported by path and loaded here, never in the
-router. Sync predicts run on one worker thread, so a worker process handles one sync call at a
-time (scale with processes); async predicts run on the worker's event loop. gRPC health says
+router. Sync predicts run on one worker thread, so a worker process handles one sync call (or one
+batch, for a model with ``predict_batch``) at a time (scale with processes); async predicts run on
+the worker's event loop. gRPC health says
 SERVING once every model has loaded. The worker exits when its parent (the router) dies.
 """
 
@@ -33,6 +34,7 @@ from servegraph import codec
 from servegraph.aio import ChunkPump, answer_concurrently
 from servegraph.errors import NotFound, ServingError, describe, status_of
 from servegraph.models.artifacts import ModelArtifact
+from servegraph.models.batching import Batcher
 from servegraph.models.hosted import HostedModel
 from servegraph.models.spec import ModelSpec
 from servegraph.rpc_errors import reports_errors
@@ -45,6 +47,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     def __init__(self, models: list[HostedModel]):
         self.endpoints = {endpoint: model for model in models for endpoint in (model.spec.name, *model.proxies)}
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="predict")
+        self.batchers = {model.spec.name: Batcher(model, self.thread) for model in models if model.batches}
 
     async def Predict(
         self, batches: AsyncIterator[worker_pb2.PredictBatch], context: grpc.aio.ServicerContext
@@ -80,6 +83,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         body = codec.from_payload(request.body)
         if request.operation:
             return await model.operation(request.operation, body)
+        if batcher := self.batchers.get(model.spec.name):
+            return await batcher.submit(body)
         if model.is_async:
             return await model.predict_async(body, request.endpoint)
         loop = asyncio.get_running_loop()

@@ -16,7 +16,8 @@ import grpc
 
 from .. import codec
 from ..aio import ChunkPump
-from ..errors import DeadlineExceeded, RemoteError, Unavailable
+from ..errors import DeadlineExceeded, RemoteError, ResourceExhausted, Unavailable
+from ..models.batching import Batcher
 from ..models.hosted import HostedModel
 from ..models.spec import ModelSpec
 from ..v1 import worker_pb2
@@ -26,31 +27,58 @@ from .process import START_TIMEOUT, WorkerProcess
 
 
 class ModelHandle:
-    """Calls one model wherever it lives; `timeout` (seconds) bounds every call."""
+    """Calls one model wherever it lives; `timeout` (seconds) bounds every call.
 
-    def __init__(self, spec: ModelSpec, streams: bool):
+    Admission: the model runs `capacity` calls at once (batch size times processes or threads); past
+    that, calls wait, and once ``max_queued`` wait a new call fails at once with RESOURCE_EXHAUSTED
+    while those already waiting complete.
+    """
+
+    def __init__(self, spec: ModelSpec, streams: bool, capacity: int):
         self.spec = spec
         self.streams = streams
         self.timeout = spec.timeout
+        self.capacity = capacity
+        self.in_flight = 0
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting for the model (a metric, read from any thread)."""
+        return max(0, self.in_flight - self.capacity)
 
     async def call(self, body: Any, endpoint: str, operation: str | None = None, request_id: str = "") -> Any:
         """The model's predict on `body` (or its custom ``op_<operation>``)."""
+        self._admit(endpoint)
+        self.in_flight += 1
         try:
             async with asyncio.timeout(self.timeout):
                 return await self._call(body, endpoint, operation, request_id)
         except TimeoutError:
             raise self._deadline(endpoint) from None
+        finally:
+            self.in_flight -= 1
 
     def ready(self) -> bool:
         return True
 
     async def stream(self, body: Any, endpoint: str, request_id: str = "") -> AsyncIterator[Any]:
+        self._admit(endpoint)
+        self.in_flight += 1
         try:
             async with asyncio.timeout(self.timeout):
                 async for chunk in self._stream(body, endpoint, request_id):
                     yield chunk
         except TimeoutError:
             raise self._deadline(endpoint) from None
+        finally:
+            self.in_flight -= 1
+
+    def _admit(self, endpoint: str) -> None:
+        if self.queued >= self.spec.max_queued:
+            raise ResourceExhausted(
+                f"model {self._named(endpoint)} has {self.queued} calls waiting (max_queued={self.spec.max_queued}); "
+                "try again later"
+            )
 
     def _deadline(self, endpoint: str) -> DeadlineExceeded:
         return DeadlineExceeded(f"model {self._named(endpoint)} did not answer within its {self.timeout}s timeout")
@@ -71,14 +99,17 @@ class ModelHandle:
 class LocalHandle(ModelHandle):
     """A model loaded in the router: inline (naive), on the event loop (asyncio) or in threads."""
 
-    def __init__(self, model: HostedModel, executor: ThreadPoolExecutor | None):
-        super().__init__(model.spec, model.streams)
+    def __init__(self, model: HostedModel, executor: ThreadPoolExecutor | None, threads: int = 1):
+        super().__init__(model.spec, model.streams, model.spec.max_batch_size * threads)
         self.model = model
         self.executor = executor
+        self.batcher = Batcher(model, executor) if model.batches else None
 
     async def _call(self, body: Any, endpoint: str, operation: str | None, request_id: str) -> Any:
         if operation:
             return await self.model.operation(operation, body)
+        if self.batcher is not None:
+            return await self.batcher.submit(body)
         if self.model.is_async:
             return await self.model.predict_async(body, endpoint)
         if self.executor is None:
@@ -104,7 +135,7 @@ class WorkerHandle(ModelHandle):
     """A model in a worker process (or in each process of the pool), called over gRPC."""
 
     def __init__(self, spec: ModelSpec, streams: bool, workers: WorkerPool):
-        super().__init__(spec, streams)
+        super().__init__(spec, streams, spec.max_batch_size * len(workers.processes))
         self.workers = workers
 
     def ready(self) -> bool:

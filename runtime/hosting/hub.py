@@ -17,9 +17,7 @@ from pathlib import Path
 
 from ..dsl.graph import Graph
 from ..dsl.model_runner import ModelRunnerStep
-from ..models.artifacts import ModelArtifact
 from ..models.hosted import HostedModel, streams
-from ..models.spec import ModelSpec
 from .endpoints import EndpointRegistry
 from .handles import LocalHandle, ModelHandle, WorkerHandle
 from .pool import WorkerPool
@@ -54,7 +52,7 @@ class ModelHub:
     async def _start(self) -> None:
         pooled: dict[str, Placement] = {}
         dedicated: dict[str, Placement] = {}
-        step_executors: dict[str, ThreadPoolExecutor] = {}
+        step_executors: dict[str, tuple[ThreadPoolExecutor, int]] = {}
         for name, (spec, step, proxies) in self.endpoints.placements().items():
             mechanism = spec.execution_mechanism
             if mechanism == "process_pool" and step is not None:
@@ -62,8 +60,10 @@ class ModelHub:
             elif spec.in_worker:
                 dedicated[name] = Placement(spec, proxies)
             else:
-                executor = self._executor(step, step_executors) if mechanism == "thread_pool" else None
-                self.handles[name] = await self._load_here(spec, proxies, executor)
+                executor, threads = self._executor(step, step_executors) if mechanism == "thread_pool" else (None, 1)
+                model = HostedModel(spec, proxies)
+                await asyncio.to_thread(model.load)
+                self.handles[name] = LocalHandle(model, executor, threads)
         if pooled or dedicated:
             self._socket_dir = Path(tempfile.mkdtemp(prefix="servegraph-"))
         starting = []
@@ -91,28 +91,23 @@ class ModelHub:
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
-    @staticmethod
-    async def _load_here(
-        spec: ModelSpec, proxies: dict[str, ModelArtifact | None], executor: ThreadPoolExecutor | None
-    ) -> LocalHandle:
-        model = HostedModel(spec, proxies)
-        await asyncio.to_thread(model.load)
-        return LocalHandle(model, executor)
-
     def _pool(self, processes: list[WorkerProcess]) -> WorkerPool:
         self.workers.extend(processes)
         pool = WorkerPool(processes)
         self.pools.append(pool)
         return pool
 
-    def _executor(self, step_name: str | None, by_step: dict[str, ThreadPoolExecutor]) -> ThreadPoolExecutor:
+    def _executor(
+        self, step_name: str | None, by_step: dict[str, tuple[ThreadPoolExecutor, int]]
+    ) -> tuple[ThreadPoolExecutor, int]:
+        """The thread pool of a step's thread_pool models (one for the shared models), and its size."""
         key = step_name or ""
         if key not in by_step:
             step = self.graph.steps.get(key)
             step_threads = step.max_threads if isinstance(step, ModelRunnerStep) else None
             threads = step_threads or self.graph.max_threads or min(32, (os.cpu_count() or 1) + 4)
-            by_step[key] = ThreadPoolExecutor(threads, thread_name_prefix=f"models-{key or 'shared'}")
-            self.executors.append(by_step[key])
+            by_step[key] = ThreadPoolExecutor(threads, thread_name_prefix=f"models-{key or 'shared'}"), threads
+            self.executors.append(by_step[key][0])
         return by_step[key]
 
     def _pool_size(self) -> int:

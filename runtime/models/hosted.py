@@ -31,6 +31,14 @@ class HostedModel:
         self.preprocess = getattr(self.instance, "preprocess", None)
         self.postprocess = getattr(self.instance, "postprocess", None)
         self.join = getattr(self.instance, "join_chunks", list)
+        batch_method = getattr(self.instance, "predict_batch", None)
+        self.batch_method: Callable[[list[Any]], Any] | None = batch_method if callable(batch_method) else None
+        self.batch_is_async = inspect.iscoroutinefunction(batch_method)
+
+    @property
+    def batches(self) -> bool:
+        """Whether calls are gathered into batches: the model has ``predict_batch`` and a batch size over 1."""
+        return self.batch_method is not None and self.spec.max_batch_size > 1
 
     def load(self) -> None:
         self.instance.load()
@@ -65,6 +73,15 @@ class HostedModel:
         else:
             result = await self.method(body, **kwargs)
         return self._finish(result)
+
+    def predict_batch(self, bodies: list[Any]) -> list[Any]:
+        """A sync ``predict_batch`` on several bodies (each pre- and postprocessed on its own)."""
+        results = self.batch_method([self._arguments(body, None)[0] for body in bodies])  # type: ignore[misc]
+        return [self._finish(result) for result in results]
+
+    async def predict_batch_async(self, bodies: list[Any]) -> list[Any]:
+        results = await self.batch_method([self._arguments(body, None)[0] for body in bodies])  # type: ignore[misc]
+        return [self._finish(result) for result in results]
 
     async def operation(self, name: str, body: Any) -> Any:
         """A custom operation, ``op_<name>(body)`` on the model (sync or async)."""

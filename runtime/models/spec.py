@@ -16,6 +16,9 @@ IN_ROUTER = ("naive", "asyncio", "thread_pool")
 IN_WORKERS = ("process_pool", "dedicated_process")
 EXECUTION_MECHANISMS = IN_ROUTER + IN_WORKERS
 
+DEFAULT_MAX_BATCH_DELAY_MS = 2.0
+DEFAULT_MAX_QUEUED = 256
+
 BUILTIN_MODELS = {"LLModel": "servegraph.models.llm.LLModel"}
 """Model classes that may be named without their module, as in MLRun (``model_class="LLModel"``)."""
 
@@ -45,6 +48,13 @@ class ModelSpec:
             raise GraphError(
                 f"model '{self.name}': execution_mechanism 'asyncio' needs {self.model_class.__name__}.predict_async"
             )
+        for key, minimum in (("max_batch_size", 1), ("max_queued", 0)):
+            value = self.parameters.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
+                raise GraphError(f"model '{self.name}': {key} must be an integer >= {minimum}, got {value!r}")
+        delay = self.parameters.get("max_batch_delay_ms")
+        if delay is not None and (not isinstance(delay, int | float) or isinstance(delay, bool) or delay < 0):
+            raise GraphError(f"model '{self.name}': max_batch_delay_ms must be a number >= 0, got {delay!r}")
         if self.in_worker:
             if not is_importable(self.model_class):
                 raise GraphError(
@@ -69,6 +79,21 @@ class ModelSpec:
     def timeout(self) -> float | None:
         value = self.parameters.get("timeout")
         return float(value) if value is not None else None
+
+    @property
+    def max_batch_size(self) -> int:
+        """Calls a model with ``predict_batch`` gets at once (1: no batching)."""
+        return int(self.parameters.get("max_batch_size", getattr(self.model_class, "default_max_batch_size", 1)))
+
+    @property
+    def max_batch_delay(self) -> float:
+        """Seconds a call may wait for others to fill its batch."""
+        return float(self.parameters.get("max_batch_delay_ms", DEFAULT_MAX_BATCH_DELAY_MS)) / 1000
+
+    @property
+    def max_queued(self) -> int:
+        """Calls that may wait for the model; past them a new call fails at once (RESOURCE_EXHAUSTED)."""
+        return int(self.parameters.get("max_queued", DEFAULT_MAX_QUEUED))
 
     def to_dict(self) -> dict[str, Any]:
         spec: dict[str, Any] = {

@@ -169,11 +169,13 @@ class Monitor:
         *,
         records: RecordSink | None = None,
         workers: Sequence[WorkerProcess] = (),
+        endpoints: Sequence[ModelEndpoint] = (),
         max_value_chars: int = 2000,
     ):
         self.graph_name = graph_name
         self.records = records
         self.workers = workers
+        self.endpoints = endpoints
         self.max_value_chars = max_value_chars
         self.registry = CollectorRegistry()
         r = self.registry
@@ -291,7 +293,8 @@ class Monitor:
 
 
 class _WorkerCollector:
-    """Worker restarts, liveness and queue depth, read from the router's worker handles at scrape time."""
+    """Worker restarts, liveness and queue depth, and endpoint queue depth, read at scrape time from
+    attributes the event loop keeps (no calls into the loop's objects from the HTTP thread)."""
 
     def __init__(self, monitor: Monitor):
         self.monitor = monitor
@@ -305,10 +308,16 @@ class _WorkerCollector:
             restarts.add_metric([worker.name], worker.restarts)
             up.add_metric([worker.name], 1 if worker.up else 0)
             depth.add_metric([worker.name], worker.in_flight)
+        queued = GaugeMetricFamily(
+            "servegraph_endpoint_queue_depth", "Calls waiting for the endpoint's model", labels=["endpoint"]
+        )
+        for endpoint in self.monitor.endpoints:
+            if endpoint.handle is not None:
+                queued.add_metric([endpoint.name], endpoint.handle.queued)
         dropped = CounterMetricFamily("servegraph_records_dropped", "Monitoring records dropped (sink full or failed)")
         sink = self.monitor.records
         dropped.add_metric([], sink.dropped if sink else 0)
-        return [restarts, up, depth, dropped]
+        return [restarts, up, depth, queued, dropped]
 
 
 DEFAULT_RECORDS_DIR = Path("servegraph-records")

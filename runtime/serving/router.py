@@ -51,7 +51,12 @@ class Router:
         records: str | Path | Callable[[dict[str, Any]], Any] | None = None,
     ):
         models = ModelHub(graph)
-        self.monitor = Monitor(graph.name, records=records_for(graph, records), workers=models.workers)
+        self.monitor = Monitor(
+            graph.name,
+            records=records_for(graph, records),
+            workers=models.workers,
+            endpoints=models.endpoints.models(),
+        )
         self.engine = Engine(graph, models, monitor=self.monitor)
         self.metrics_port = metrics_port
         self._metrics_server: Any = None
