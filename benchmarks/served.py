@@ -43,6 +43,15 @@ async def echo_server(port: int) -> None:
         async def Invoke(self, request, context):
             return graph_pb2.InvokeResponse(body=request.body, id=request.id)
 
+        async def InvokeStream(self, request, context):
+            """``n`` messages, each the chunk the streaming graphs below send: the floor for a stream."""
+            fields = request.body.struct_value.fields
+            chunk = graph_pb2.InvokeResponse(id=request.id)
+            chunk.body.struct_value.fields["text"].string_value = fields["text"].string_value
+            for i in range(int(fields["n"].number_value)):
+                chunk.body.struct_value.fields["i"].number_value = i
+                yield chunk
+
     server = grpc.aio.server()
     graph_pb2_grpc.add_GraphServicer_to_server(Echo(), server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
@@ -73,3 +82,21 @@ v2_runner = sg.ModelRunnerStep(name="models")
 v2_runner.add_model("in_router", Identity, "naive")
 v2_runner.add_model("in_worker", Identity, "dedicated_process")
 v2_models.to(v2_runner).respond()
+
+
+def chunks(body: dict):
+    """A streaming step: ``n`` small chunks, as a token stream sends them."""
+    for i in range(body["n"]):
+        yield {"text": body["text"], "i": i}
+
+
+class Chunks(sg.Model):
+    def predict(self, body):
+        yield from chunks(body)
+
+
+streaming_step = sg.Graph("streaming-step")
+streaming_step.to(name="chunks", handler=chunks).respond()
+
+streaming_worker = sg.Graph("streaming-worker")
+streaming_worker.to(sg.ModelRunnerStep(name="runner")).respond().add_model("chunks", Chunks, "dedicated_process")

@@ -77,16 +77,28 @@ def get_path(body: Any, keys: tuple[str, ...], path: str) -> Any:
     return body
 
 
-def set_path(body: Any, keys: tuple[str, ...], value: Any) -> Any:
-    """Write `value` at ``body[k1][k2]...`` creating dicts on the way; returns the updated body."""
+def set_path(body: Any, keys: tuple[str, ...], value: Any, copy: bool = False) -> Any:
+    """Write `value` at ``body[k1][k2]...`` creating dicts on the way; returns the updated body.
+
+    With `copy`, `body` stays as it was: the result is a new body that shares everything but the dicts
+    on the path (what each chunk of a stream needs, at the cost of a few dicts, not of the whole body).
+    """
     if not keys:
         return value
     if body is None:
         body = {}
     if not isinstance(body, dict):
         raise InvalidArgument(f"cannot write result path '{'.'.join(keys)}' into a {type(body).__name__} body")
+    if copy:
+        body = dict(body)
     target = body
     for key in keys[:-1]:
-        target = target.setdefault(key, {})
+        child = target.get(key)
+        if child is None:
+            child = {}
+        elif copy and isinstance(child, dict):
+            child = dict(child)
+        target[key] = child
+        target = child
     target[keys[-1]] = value
     return body

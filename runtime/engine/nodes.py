@@ -56,8 +56,7 @@ class Node:
         if isinstance(result, Event):
             return result.body
         if self.result_keys:
-            body = copy.deepcopy(event.body) if copy_body else event.body
-            return set_path(body, self.result_keys, result)
+            return set_path(event.body, self.result_keys, result, copy=copy_body)
         return result
 
     def connect(self, outlets: list[Node]) -> None:

@@ -8,7 +8,6 @@ does the V2 data plane (a single endpoint, outside the flow).
 from __future__ import annotations
 
 import asyncio
-import copy
 import inspect
 import time
 from collections.abc import AsyncIterator
@@ -43,12 +42,25 @@ class ModelCalls:
         except Exception as error:
             raise ModelError(endpoint.step, endpoint.name, error) from error
 
-    async def stream(self, endpoint: ModelEndpoint, body: Any, request_id: str = "") -> AsyncIterator[Any]:
+    async def stream(self, endpoint: ModelEndpoint, argument: Any, request_id: str = "") -> AsyncIterator[Any]:
+        handle, monitor = endpoint.handle, self.monitor
+        assert handle is not None
+        chunks = handle.stream(argument, endpoint.name, request_id=request_id)
+        started, first, last = monitor.start(endpoint) if monitor else 0.0, None, None
         try:
-            async for chunk in self._stream(endpoint, body, request_id):
+            async for chunk in chunks:
+                if monitor is not None:
+                    first = first or time.perf_counter()
+                    last = chunk
                 yield chunk
-        except Exception as error:
-            raise ModelError(endpoint.step, endpoint.name, error) from error
+        except BaseException as error:
+            if monitor is not None:
+                self._observe(endpoint, started, request_id, argument, error=error, first_chunk=first)
+            if isinstance(error, Exception):
+                raise ModelError(endpoint.step, endpoint.name, error) from error
+            raise
+        if monitor is not None:
+            self._observe(endpoint, started, request_id, argument, result=last, first_chunk=first)
 
     async def operation(self, endpoint: ModelEndpoint, operation: str, body: Any) -> Any:
         """A model's custom operation ``op_<operation>(body)`` (MLRun's ``/v2/models/<name>/<op>``)."""
@@ -70,25 +82,6 @@ class ModelCalls:
             raise
         self._observe(endpoint, started, request_id, argument, result=result)
         return result
-
-    async def _stream(self, endpoint: ModelEndpoint, argument: Any, request_id: str) -> AsyncIterator[Any]:
-        handle, monitor = endpoint.handle, self.monitor
-        assert handle is not None
-        chunks = handle.stream(argument, endpoint.name, request_id=request_id)
-        if monitor is None:
-            async for chunk in chunks:
-                yield chunk
-            return
-        started, first, last = monitor.start(endpoint), None, None
-        try:
-            async for chunk in chunks:
-                first = first or time.perf_counter()
-                last = chunk
-                yield chunk
-        except BaseException as error:
-            self._observe(endpoint, started, request_id, argument, error=error, first_chunk=first)
-            raise
-        self._observe(endpoint, started, request_id, argument, result=last, first_chunk=first)
 
     def _observe(self, endpoint: ModelEndpoint, started: float, request_id: str, argument: Any, **outcome: Any) -> None:
         error = outcome.get("error")
@@ -113,7 +106,7 @@ class _Target:
     def output(self, body: Any, result: Any, copy_body: bool) -> Any:
         if not self.result_keys:
             return result
-        return set_path(copy.deepcopy(body) if copy_body else body, self.result_keys, result)
+        return set_path(body, self.result_keys, result, copy=copy_body)
 
 
 class ModelRunnerNode(Node):
