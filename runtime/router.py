@@ -20,13 +20,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import start_http_server
 
-from . import v2_protocol, v2_service
+from . import graph_service, v2_protocol, v2_service
 from .dataplane import DataPlane
 from .engine import Engine
 from .graph import Graph
 from .graph_service import GraphService
 from .monitoring import Monitor, records_for
-from .v1 import graph_pb2, graph_pb2_grpc
+from .v1 import graph_pb2
 
 logger = logging.getLogger("servegraph.router")
 
@@ -66,7 +66,7 @@ class Router:
             ]
         )
         dataplane = DataPlane(self.engine)
-        graph_pb2_grpc.add_GraphServicer_to_server(GraphService(self.engine, dataplane), self.server)
+        graph_service.add_to_server(GraphService(self.engine, dataplane), self.server)
         v2_service.add_to_server(v2_service.InferenceService(dataplane), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -24,6 +24,7 @@ from .v2_protocol import (
     fill_response,
     message,
 )
+from .wire import lenient, parsed, request_id
 
 logger = logging.getLogger("servegraph.v2")
 
@@ -41,14 +42,14 @@ class InferenceService:
         return message("ServerReadyResponse")(ready=self.dataplane.ready())
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        ready = await self._guard(context, lambda: self.dataplane.model_ready(request.name))
+        ready = await self._guard(context, lambda: self.dataplane.model_ready(parsed(request).name))
         return message("ModelReadyResponse")(ready=ready)
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return message("ServerMetadataResponse")(**self.dataplane.server_metadata())
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        metadata = await self._guard(context, lambda: self.dataplane.model_metadata(request.name))
+        metadata = await self._guard(context, lambda: self.dataplane.model_metadata(parsed(request).name))
         return message("ModelMetadataResponse")(**metadata)
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -62,14 +63,19 @@ class InferenceService:
     ) -> AsyncIterator[Any]:
         """Requests run concurrently; each answers with one response per chunk, then a final one.
 
-        A failing request answers with ``error_message`` and the stream goes on.
+        A failing request answers with ``error_message`` and the stream goes on; a message that is no
+        ModelInferRequest at all ends the stream with INVALID_ARGUMENT (nothing to answer it with).
         """
-        async for responses in answer_concurrently(requests, self._stream_answers):
-            for response in responses:
-                yield response
+        try:
+            async for responses in answer_concurrently((parsed(r) async for r in requests), self._stream_answers):
+                for response in responses:
+                    yield response
+        except Exception as error:
+            await _abort(context, error)
 
     async def _stream_answers(self, request: Any) -> AsyncIterator[Any]:
         try:
+            request_id(request.id)
             async for outputs in self.dataplane.infer_stream(request.model_name, decode_inputs(request), request.id):
                 response = _response(request)
                 fill_response(response, outputs, raw=bool(request.raw_input_contents))
@@ -83,10 +89,12 @@ class InferenceService:
             yield ModelStreamInferResponse(error_message=describe_error(error), infer_response=_response(request))
 
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        statistics = await self._guard(context, lambda: self.dataplane.statistics(request.name))
+        statistics = await self._guard(context, lambda: self.dataplane.statistics(parsed(request).name))
         return message("ModelStatisticsResponse")(model_stats=statistics)
 
     async def _infer(self, request: Any) -> Any:
+        request = parsed(request)
+        request_id(request.id)
         outputs = await self.dataplane.infer(request.model_name, decode_inputs(request), request.id or None)
         wanted = {output.name for output in request.outputs}
         if wanted:
@@ -133,10 +141,14 @@ _METHODS = {
 
 
 def add_to_server(service: InferenceService, server: grpc.aio.Server) -> None:
-    """Register every method under its V2 path, e.g. /inference.GRPCInferenceService/ModelInfer."""
+    """Register every method under its V2 path, e.g. /inference.GRPCInferenceService/ModelInfer.
+
+    Requests parse leniently (see wire.py): the methods that read their request answer bytes that are
+    not one with INVALID_ARGUMENT; the server-wide ones (live, ready, metadata) read nothing from it.
+    """
     handlers = {}
     for name, (request_type, kind) in _METHODS.items():
-        deserialize = message(request_type).FromString
+        deserialize = lenient(message(request_type))
         serialize = _serialize
         if kind == "unary":
             handlers[name] = grpc.unary_unary_rpc_method_handler(
