@@ -14,6 +14,7 @@ import yaml
 from .errors import GraphError
 from .imports import import_object
 from .models import Endpoint, ModelArtifact, ModelRunnerStep, ModelSpec, SharedModel
+from .redact import redacted
 from .steps import STEP_KINDS, Step, TaskStep, as_list
 
 if TYPE_CHECKING:
@@ -313,8 +314,13 @@ class Graph:
         graph.on_error = spec.get("on_error")
         return graph
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+    def to_yaml(self, *, with_secrets: bool = False) -> str:
+        """The graph as YAML, for showing and saving: parameters and class arguments named like
+        secrets (api_key, token, password, ...) read ``"***"``, so a graph read back from it lacks
+        them (pass them from the environment); ``with_secrets=True`` writes the real values.
+        `to_dict()` always holds the real values (workers load their models from it)."""
+        spec = self.to_dict()
+        return yaml.safe_dump(spec if with_secrets else redacted(spec), sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str) -> Graph:

@@ -15,6 +15,7 @@ from .engine import Engine
 from .errors import InvalidArgument, ServingError, Unavailable
 from .event import Event, new_event_id
 from .monitoring import EndpointStats
+from .redact import redacted
 from .v1 import graph_pb2, graph_pb2_grpc
 from .wire import lenient, parsed, request_id
 
@@ -56,7 +57,7 @@ class GraphService(graph_pb2_grpc.GraphServicer):
     async def Describe(self, request: graph_pb2.DescribeRequest, context: grpc.aio.ServicerContext) -> Any:
         graph = self.engine.graph
         spec = struct_pb2.Struct()
-        json_format.ParseDict(_jsonable(graph.to_dict()), spec)
+        json_format.ParseDict(_jsonable(redacted(graph.to_dict())), spec)  # never a secret parameter's value
         outlets = graph.outlets()
         return graph_pb2.DescribeResponse(
             name=graph.name,
