@@ -93,7 +93,8 @@ async def answer_concurrently(
     Items come in lists of those that were ready together, so a caller that can send several in one
     message does (one item a list when the answers come one at a time). Ends when the requests end
     and every answer has finished; closing it cancels what still runs. `answer` must not raise:
-    failures are answers too (V2 streams and worker calls report them in-band).
+    failures are answers too (V2 streams and worker calls report them in-band). An exception from
+    `requests` (a message that does not parse) is raised here, once the answers ready by then are out.
     """
     ready: list[Answer] = []
     wake = asyncio.Event()
@@ -105,12 +106,14 @@ async def answer_concurrently(
             wake.set()
 
     async def read() -> None:
-        async for request in requests:
-            task = asyncio.create_task(forward(request))
-            running.add(task)
-            task.add_done_callback(running.discard)
-        await asyncio.gather(*running)
-        wake.set()
+        try:
+            async for request in requests:
+                task = asyncio.create_task(forward(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.gather(*running)
+        finally:  # also when `requests` raises: the loop below must see the reader done
+            wake.set()
 
     reader = asyncio.create_task(read())
     try:
@@ -121,9 +124,9 @@ async def answer_concurrently(
                 batch = ready.copy()
                 ready.clear()
                 yield batch
-            elif reader.done():
+            if reader.done() and not ready:
                 break
-        await reader
+        await reader  # raises what reading `requests` raised
     finally:
         reader.cancel()
         for task in list(running):

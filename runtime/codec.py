@@ -26,6 +26,14 @@ from .v1 import types_pb2
 TENSOR_KEY = "$tensor"
 BYTES_DTYPE = "bytes"
 _MAX_EXACT_INT = 2**53
+MAX_DIMS = 64  # numpy's limit
+_MAX_BYTES = 2**63 - 1  # numpy's limit on an array's size, zero dimensions aside
+# Plain numeric and bool dtypes by name: a tensor's dtype string is looked up here, never parsed by
+# numpy, which would also build structured, subarray, object and datetime dtypes from strings.
+DTYPES: dict[str, np.dtype] = {
+    np.dtype(code).name: np.dtype(code).newbyteorder("<")
+    for code in np.typecodes["AllInteger"] + np.typecodes["AllFloat"] + "?"
+}
 
 
 class _Extractor:
@@ -68,22 +76,38 @@ def decode_tensor(tensor: types_pb2.Tensor, where: str = "tensor") -> np.ndarray
     """A read-only array over the message's bytes; INVALID_ARGUMENT when dtype or size is wrong."""
     if tensor.dtype == BYTES_DTYPE:
         return tensor.data
-    try:
-        dtype = np.dtype(tensor.dtype)
-    except TypeError:
-        raise InvalidArgument(f"{where}: unknown dtype '{tensor.dtype}'") from None
-    if dtype.kind not in "biufc":
-        raise InvalidArgument(f"{where}: dtype '{tensor.dtype}' is not a numeric type")
-    shape = tuple(tensor.shape)
-    if any(dim < 0 for dim in shape):
-        raise InvalidArgument(f"{where}: negative dimension in shape {list(shape)}")
+    dtype = DTYPES.get(tensor.dtype)
+    if dtype is None:
+        raise InvalidArgument(
+            f"{where}: dtype {tensor.dtype[:64]!r} is not a numeric numpy dtype name ({', '.join(DTYPES)}) or 'bytes'"
+        )
+    shape = check_shape(where, tensor.shape, dtype.itemsize)
     expected = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != expected:
         raise InvalidArgument(
             f"{where}: {len(tensor.data)} bytes do not match dtype {dtype.name} and shape {list(shape)} "
             f"({expected} bytes expected)"
         )
-    return np.frombuffer(tensor.data, dtype.newbyteorder("<")).reshape(shape)
+    return np.frombuffer(tensor.data, dtype).reshape(shape)
+
+
+def check_shape(where: str, shape: Any, itemsize: int) -> tuple[int, ...]:
+    """`shape` as a tuple numpy accepts for a dtype of `itemsize`, else InvalidArgument.
+
+    Checked before any array is built, since numpy's own refusals (ValueError, OverflowError) would
+    surface as internal errors: dimensions must be non-negative ints, at most 64 of them, and the
+    non-zero ones must multiply to an array numpy can address, even when another dimension is 0.
+    """
+    if not isinstance(shape, Sequence) or isinstance(shape, str):
+        raise InvalidArgument(f"{where}: shape must be a list of dimensions, not {type(shape).__name__}")
+    if len(shape) > MAX_DIMS:
+        raise InvalidArgument(f"{where}: shape has {len(shape)} dimensions; at most {MAX_DIMS} are allowed")
+    if not all(isinstance(dim, int | np.integer) and not isinstance(dim, bool) and dim >= 0 for dim in shape):
+        raise InvalidArgument(f"{where}: shape {list(shape)} must hold non-negative integers")
+    dims = tuple(int(dim) for dim in shape)
+    if math.prod(dim for dim in dims if dim) * itemsize > _MAX_BYTES:
+        raise InvalidArgument(f"{where}: shape {list(dims)} is too large for an array")
+    return dims
 
 
 def _tensor_ref(tensors: Sequence[Any], index: Any) -> Any:

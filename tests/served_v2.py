@@ -8,10 +8,16 @@ import numpy as np
 
 import servegraph as sg
 
+API_KEY = "sk-served-v2-secret"
+
 
 class Doubler(sg.Model):
     def predict(self, body):
         return np.asarray(body["inputs"][0]) * 2
+
+    def op_secret(self, body):
+        """What the worker was given as `api_key` (Describe must not show it)."""
+        return {"api_key": self.get_param("api_key")}
 
 
 class Arith(sg.Model):
@@ -49,7 +55,7 @@ class PickByInputs(sg.ModelSelector):
 graph = sg.Graph("v2graph")
 models = sg.ModelRunnerStep(name="models", model_selector=PickByInputs)
 models.add_model("doubler", Doubler, "naive")
-models.add_model("remote_doubler", Doubler, "dedicated_process")
+models.add_model("remote_doubler", Doubler, "dedicated_process", api_key=API_KEY, max_tokens=7)
 models.add_model(
     "arith",
     Arith,

@@ -15,6 +15,7 @@ from ..errors import GraphError
 from ..imports import import_object
 from ..models.artifacts import ModelArtifact, as_artifact
 from ..models.spec import ModelSpec
+from ..redact import redacted
 from .kinds import step_class, step_from_dict
 from .model_runner import Endpoint, ModelRunnerStep, SharedModel
 from .steps import Step, TaskStep, as_list
@@ -315,8 +316,13 @@ class Graph:
         graph.on_error = spec.get("on_error")
         return graph
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+    def to_yaml(self, *, with_secrets: bool = False) -> str:
+        """The graph as YAML, for showing and saving: parameters and class arguments named like
+        secrets (api_key, token, password, ...) read ``"***"``, so a graph read back from it lacks
+        them (pass them from the environment); ``with_secrets=True`` writes the real values.
+        `to_dict()` always holds the real values (workers load their models from it)."""
+        spec = self.to_dict()
+        return yaml.safe_dump(spec if with_secrets else redacted(spec), sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str) -> Graph:

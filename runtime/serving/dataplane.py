@@ -154,7 +154,10 @@ class DataPlane:
         reply = {"id": body.get("id") or event.id, "model_name": name}
         if inputs and all(isinstance(item, dict) and "datatype" in item for item in inputs):
             outputs = await self.infer(name, [from_json(item) for item in inputs], event.id)
-            wanted = {item["name"] for item in body.get("outputs", []) if isinstance(item, dict)}
+            requested = body.get("outputs") if isinstance(body.get("outputs"), list) else []
+            wanted = {
+                item["name"] for item in requested if isinstance(item, dict) and isinstance(item.get("name"), str)
+            }
             reply["outputs"] = [to_json(t) for t in outputs if not wanted or t.name in wanted]
             return reply
         model = self.model(name)  # MLRun's form: raw values, the model's result as "outputs"

@@ -12,11 +12,14 @@ from .. import codec
 from ..dsl.event import Event, new_event_id
 from ..engine.engine import Engine
 from ..errors import InvalidArgument, ServingError, Unavailable
+from ..redact import redacted
 from ..rpc_errors import reports_errors, request_id
 from ..v1 import graph_pb2, graph_pb2_grpc
 from .dataplane import DataPlane
+from .wire import lenient, parsed, valid_request_id
 
 REQUEST_ID_HEADER = "x-request-id"
+SERVICE = graph_pb2.DESCRIPTOR.services_by_name["Graph"].full_name
 
 
 class GraphService(graph_pb2_grpc.GraphServicer):
@@ -49,7 +52,7 @@ class GraphService(graph_pb2_grpc.GraphServicer):
     async def Describe(self, request: graph_pb2.DescribeRequest, context: grpc.aio.ServicerContext) -> Any:
         graph = self.engine.graph
         spec = struct_pb2.Struct()
-        json_format.ParseDict(_jsonable(graph.to_dict()), spec)
+        json_format.ParseDict(_jsonable(redacted(graph.to_dict())), spec)  # never a secret parameter's value
         outlets = graph.outlets()
         return graph_pb2.DescribeResponse(
             name=graph.name,
@@ -87,11 +90,34 @@ class GraphService(graph_pb2_grpc.GraphServicer):
     def _event(self, request: graph_pb2.InvokeRequest, context: grpc.aio.ServicerContext) -> Event:
         if not self.engine.ready:
             raise Unavailable(f"graph '{self.engine.graph.name}' is still loading")
-        event_id = request.id or _metadata(context).get(REQUEST_ID_HEADER) or new_event_id()
+        request = parsed(request)
+        event_id = valid_request_id(request.id or _metadata(context).get(REQUEST_ID_HEADER) or new_event_id())
         context.set_trailing_metadata(((REQUEST_ID_HEADER, event_id),))
         body = codec.from_value(request.body, request.tensors)
         request_id.set(event_id)
         return Event(body, id=event_id, path=request.path or "/", headers=request.headers)
+
+
+def add_to_server(service: GraphService, server: grpc.aio.Server) -> None:
+    """`graph_pb2_grpc.add_GraphServicer_to_server`, but Invoke and InvokeStream parse leniently
+    (see wire.py): bytes that are no InvokeRequest end as INVALID_ARGUMENT, not UNKNOWN."""
+    invoke = {"request_deserializer": lenient(graph_pb2.InvokeRequest), "response_serializer": _serialize}
+    handlers = {
+        "Invoke": grpc.unary_unary_rpc_method_handler(service.Invoke, **invoke),
+        "InvokeStream": grpc.unary_stream_rpc_method_handler(service.InvokeStream, **invoke),
+        "Describe": grpc.unary_unary_rpc_method_handler(
+            service.Describe, request_deserializer=graph_pb2.DescribeRequest.FromString, response_serializer=_serialize
+        ),
+        "Stats": grpc.unary_unary_rpc_method_handler(
+            service.Stats, request_deserializer=graph_pb2.StatsRequest.FromString, response_serializer=_serialize
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+def _serialize(response: Any) -> bytes:
+    return response.SerializeToString()
 
 
 def _response(event_id: str, result: Any) -> graph_pb2.InvokeResponse:

@@ -23,10 +23,9 @@ from prometheus_client import start_http_server
 from ..dsl.graph import Graph
 from ..engine.engine import Engine
 from ..hosting.hub import ModelHub
-from ..v1 import graph_pb2, graph_pb2_grpc
-from . import v2_protocol, v2_service
+from ..v1 import graph_pb2
+from . import graph_service, v2_protocol, v2_service
 from .dataplane import DataPlane
-from .graph_service import GraphService
 from .monitoring import Monitor, records_for
 
 logger = logging.getLogger("servegraph.router")
@@ -73,7 +72,7 @@ class Router:
             ]
         )
         dataplane = DataPlane(self.engine)
-        graph_pb2_grpc.add_GraphServicer_to_server(GraphService(self.engine, dataplane), self.server)
+        graph_service.add_to_server(graph_service.GraphService(self.engine, dataplane), self.server)
         v2_service.add_to_server(v2_service.InferenceService(dataplane), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

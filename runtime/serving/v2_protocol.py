@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from ..codec import check_shape
 from ..errors import InvalidArgument
 
 SERVICE = "inference.GRPCInferenceService"
@@ -90,34 +91,44 @@ def decode_inputs(request: Any) -> list[Tensor]:
         raise InvalidArgument(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
     tensors = []
     for i, tensor in enumerate(request.inputs):
-        shape = list(tensor.shape)
-        _check_shape(tensor.name, shape)
         if raw:
-            value = from_raw(tensor.name, tensor.datatype, shape, raw[i])
+            value = from_raw(tensor.name, tensor.datatype, tensor.shape, raw[i])
         else:
-            value = from_contents(tensor.name, tensor.datatype, shape, tensor.contents)
-        tensors.append(Tensor(tensor.name, tensor.datatype, shape, value))
+            value = from_contents(tensor.name, tensor.datatype, tensor.shape, tensor.contents)
+        tensors.append(Tensor(tensor.name, tensor.datatype, list(tensor.shape), value))
     return tensors
 
 
-def _check_shape(name: str, shape: list[int]) -> None:
-    if any(dim < 0 for dim in shape):
-        raise InvalidArgument(f"input '{name}': shape {shape} has a negative dimension")
-
-
-def _dtype(name: str, datatype: str) -> np.dtype:
-    try:
-        return DTYPES[datatype]
-    except KeyError:
-        known = ", ".join([*DTYPES, "BYTES"])
-        raise InvalidArgument(f"input '{name}': unknown datatype '{datatype}' (known: {known})") from None
-
-
-def from_raw(name: str, datatype: str, shape: list[int], data: bytes) -> Any:
-    count = math.prod(shape)
+def _dtype(name: str, datatype: str) -> np.dtype | None:
+    """The numpy dtype of a V2 datatype (None for BYTES); InvalidArgument for any other name."""
     if datatype == "BYTES":
-        return _nest(_unpack_bytes(name, data, count), shape)
+        return None
+    dtype = DTYPES.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        known = ", ".join([*DTYPES, "BYTES"])
+        raise InvalidArgument(f"input '{name}': unknown datatype {str(datatype)[:64]!r} (known: {known})")
+    return dtype
+
+
+_MAX_EMPTY_ROWS = 1 << 16
+
+
+def _shape(name: str, dtype: np.dtype | None, shape: Any) -> list[int]:
+    """A valid shape for the tensor (see codec.check_shape). An empty BYTES tensor still becomes
+    nested lists, one per row before its first 0: those are bounded, so a shape alone cannot fill
+    memory (a non-empty one has fewer rows than the elements its data holds)."""
+    dims = list(check_shape(f"input '{name}'", shape, dtype.itemsize if dtype is not None else 1))
+    if dtype is None and 0 in dims and math.prod(dims[: dims.index(0)]) > _MAX_EMPTY_ROWS:
+        raise InvalidArgument(f"input '{name}': empty BYTES tensor of shape {dims} has too many rows")
+    return dims
+
+
+def from_raw(name: str, datatype: str, shape: Any, data: bytes) -> Any:
     dtype = _dtype(name, datatype)
+    shape = _shape(name, dtype, shape)
+    count = math.prod(shape)
+    if dtype is None:
+        return _nest(_unpack_bytes(name, data, count), shape)
     if len(data) != count * dtype.itemsize:
         raise InvalidArgument(
             f"input '{name}': {len(data)} bytes do not match datatype {datatype} and shape {shape} "
@@ -126,18 +137,25 @@ def from_raw(name: str, datatype: str, shape: list[int], data: bytes) -> Any:
     return np.frombuffer(data, dtype.newbyteorder("<")).reshape(shape)
 
 
-def from_contents(name: str, datatype: str, shape: list[int], contents: Any) -> Any:
-    count = math.prod(shape)
-    if datatype == "BYTES":
-        values = list(contents.bytes_contents)
-    elif datatype == "FP16":
+def from_contents(name: str, datatype: str, shape: Any, contents: Any) -> Any:
+    if datatype == "FP16":
         raise InvalidArgument(f"input '{name}': FP16 tensors must be sent as raw_input_contents")
-    else:
-        dtype = _dtype(name, datatype)
-        values = np.asarray(getattr(contents, CONTENTS[datatype]), dtype=dtype)
+    dtype = _dtype(name, datatype)
+    shape = _shape(name, dtype, shape)
+    count = math.prod(shape)
+    values = getattr(contents, CONTENTS[datatype])
     if len(values) != count:
         raise InvalidArgument(f"input '{name}': {len(values)} values do not match shape {shape} ({count} expected)")
-    return _nest(values, shape) if datatype == "BYTES" else values.reshape(shape)
+    if dtype is None:
+        return _nest(list(values), shape)
+    array = np.asarray(values)
+    if dtype.kind in "iu" and count:  # the contents' fields are 32 or 64 bits wide: INT8 300 would wrap
+        info = np.iinfo(dtype)
+        low, high = array.min(), array.max()
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise InvalidArgument(f"input '{name}': {bad} is out of range for {datatype} ({info.min}..{info.max})")
+    return array.astype(dtype).reshape(shape)
 
 
 def _unpack_bytes(name: str, data: bytes, count: int) -> list[bytes]:
@@ -158,9 +176,10 @@ def _unpack_bytes(name: str, data: bytes, count: int) -> list[bytes]:
 
 
 def _nest(values: list[Any], shape: list[int]) -> Any:
-    """A flat list shaped into nested lists (BYTES tensors stay Python lists)."""
-    for dim in reversed(shape[1:]):
-        values = [values[i : i + dim] for i in range(0, len(values), dim)]
+    """A flat list shaped into nested lists (BYTES tensors stay Python lists); 0s in shape give empty rows."""
+    for depth in range(len(shape) - 1, 0, -1):
+        dim, rows = shape[depth], math.prod(shape[:depth])
+        values = [values[i * dim : (i + 1) * dim] for i in range(rows)]
     return values
 
 
@@ -222,16 +241,44 @@ def fill_response(response: Any, tensors: list[Tensor], raw: bool) -> None:
 def from_json(item: dict[str, Any]) -> Tensor:
     """``{"name", "shape", "datatype", "data"}`` as KServe's REST protocol writes tensors."""
     try:
-        name, datatype, shape, data = item["name"], item["datatype"], list(item["shape"]), item["data"]
+        name, datatype, shape, data = item["name"], item["datatype"], item["shape"], item["data"]
     except (KeyError, TypeError):
         raise InvalidArgument("each input needs name, shape, datatype and data") from None
-    _check_shape(name, shape)
-    flat = list(np.ravel(np.asarray(data, dtype=object))) if isinstance(data, list) else [data]
+    if not isinstance(name, str):
+        raise InvalidArgument(f"an input's name must be a string, not {type(name).__name__}")
+    dtype = _dtype(name, datatype)
+    shape = _shape(name, dtype, shape)
+    flat = _flatten(data)
     if len(flat) != math.prod(shape):
         raise InvalidArgument(f"input '{name}': {len(flat)} values do not match shape {shape}")
-    if datatype == "BYTES":
+    if dtype is None:
         return Tensor(name, datatype, shape, _nest(flat, shape))
-    return Tensor(name, datatype, shape, np.asarray(flat, dtype=_dtype(name, datatype)).reshape(shape))
+    return Tensor(name, datatype, shape, _json_array(name, datatype, dtype, flat).reshape(shape))
+
+
+def _json_array(name: str, datatype: str, dtype: np.dtype, values: list[Any]) -> np.ndarray:
+    """JSON values as an array of `dtype`, each checked first: numpy raises on some values (text for
+    FP32) and silently wraps or truncates others (300 for INT8, 1.5 for INT32)."""
+    if dtype.kind == "b":
+        expected, fits = "true or false", lambda v: isinstance(v, bool)
+    elif dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        expected, fits = f"an integer in {info.min}..{info.max}", lambda v: _is_integer(v) and info.min <= v <= info.max
+    else:
+        expected, fits = "a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+    for value in values:
+        if not fits(value):
+            raise InvalidArgument(f"input '{name}': {str(value)[:64]} is not {expected} ({datatype})")
+    try:
+        return np.asarray(values, dtype=dtype)
+    except OverflowError:  # an int too large for any float
+        raise InvalidArgument(f"input '{name}': a value is out of range for {datatype}") from None
+
+
+def _is_integer(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
 def to_json(t: Tensor) -> dict[str, Any]:

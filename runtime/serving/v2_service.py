@@ -23,6 +23,7 @@ from .v2_protocol import (
     fill_response,
     message,
 )
+from .wire import lenient, parsed, valid_request_id
 
 FINAL = "triton_final_response"
 
@@ -39,17 +40,19 @@ class InferenceService:
 
     @reports_errors
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return message("ModelReadyResponse")(ready=self.dataplane.model_ready(request.name))
+        return message("ModelReadyResponse")(ready=self.dataplane.model_ready(parsed(request).name))
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return message("ServerMetadataResponse")(**self.dataplane.server_metadata())
 
     @reports_errors
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return message("ModelMetadataResponse")(**self.dataplane.model_metadata(request.name))
+        return message("ModelMetadataResponse")(**self.dataplane.model_metadata(parsed(request).name))
 
     @reports_errors
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        request = parsed(request)
+        valid_request_id(request.id)
         outputs = await self.dataplane.infer(request.model_name, decode_inputs(request), request.id or None)
         wanted = {output.name for output in request.outputs}
         if wanted:
@@ -58,19 +61,22 @@ class InferenceService:
         fill_response(response, outputs, raw=bool(request.raw_input_contents))
         return response
 
+    @reports_errors
     async def ModelStreamInfer(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
         """Requests run concurrently; each answers with one response per chunk, then a final one.
 
-        A failing request answers with ``error_message`` and the stream goes on.
+        A failing request answers with ``error_message`` and the stream goes on; a message that is no
+        ModelInferRequest at all ends the stream with INVALID_ARGUMENT (nothing to answer it with).
         """
-        async for responses in answer_concurrently(requests, self._stream_answers):
+        async for responses in answer_concurrently((parsed(r) async for r in requests), self._stream_answers):
             for response in responses:
                 yield response
 
     async def _stream_answers(self, request: Any) -> AsyncIterator[Any]:
         try:
+            valid_request_id(request.id)
             async for outputs in self.dataplane.infer_stream(request.model_name, decode_inputs(request), request.id):
                 response = _response(request)
                 fill_response(response, outputs, raw=bool(request.raw_input_contents))
@@ -84,7 +90,7 @@ class InferenceService:
 
     @reports_errors
     async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return message("ModelStatisticsResponse")(model_stats=self.dataplane.statistics(request.name))
+        return message("ModelStatisticsResponse")(model_stats=self.dataplane.statistics(parsed(request).name))
 
 
 def _response(request: Any) -> Any:
@@ -104,10 +110,14 @@ _METHODS = {
 
 
 def add_to_server(service: InferenceService, server: grpc.aio.Server) -> None:
-    """Register every method under its V2 path, e.g. /inference.GRPCInferenceService/ModelInfer."""
+    """Register every method under its V2 path, e.g. /inference.GRPCInferenceService/ModelInfer.
+
+    Requests parse leniently (see wire.py): the methods that read their request answer bytes that are
+    not one with INVALID_ARGUMENT; the server-wide ones (live, ready, metadata) read nothing from it.
+    """
     handlers = {}
     for name, (request_type, kind) in _METHODS.items():
-        deserialize = message(request_type).FromString
+        deserialize = lenient(message(request_type))
         serialize = _serialize
         if kind == "unary":
             handlers[name] = grpc.unary_unary_rpc_method_handler(
