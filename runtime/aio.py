@@ -21,7 +21,8 @@ class ChunkPump:
     With `coalesce`, text chunks the consumer has not read yet merge into one (a slow reader of a
     token stream must neither stall generation nor queue without bound); other chunks wait for room
     (`max_pending`). When the consumer goes away the iterator is closed between two chunks, which
-    stops generation.
+    stops generation. The loop is woken once per batch of chunks, not per chunk: a wake-up from
+    another thread costs more than handing over a small chunk.
     """
 
     def __init__(
@@ -48,11 +49,13 @@ class ChunkPump:
                         break
                     if self._coalesce and isinstance(chunk, str) and self._items and isinstance(self._items[-1], str):
                         self._items[-1] += chunk
-                    else:
-                        while len(self._items) >= self._max_pending and not self._stopped:
-                            self._lock.wait()
-                        self._items.append(chunk)
-                self._loop.call_soon_threadsafe(self._wake.set)
+                        continue
+                    while len(self._items) >= self._max_pending and not self._stopped:
+                        self._lock.wait()
+                    self._items.append(chunk)
+                    first = len(self._items) == 1  # the consumer took everything before: it needs waking
+                if first:
+                    self._loop.call_soon_threadsafe(self._wake.set)
         except BaseException as error:
             self._error = error
         finally:
@@ -64,6 +67,16 @@ class ChunkPump:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     async def __aiter__(self) -> AsyncIterator[Any]:
+        batches = self.batches()
+        try:
+            async for items in batches:
+                for item in items:
+                    yield item
+        finally:  # now, not when collected: stopping the producer is what stops generation
+            await batches.aclose()  # type: ignore[attr-defined]
+
+    async def batches(self) -> AsyncIterator[list[Any]]:
+        """The chunks in lists of those ready together (a worker sends each list as one message)."""
         self._loop.run_in_executor(self._executor, self._produce)
         try:
             while True:
@@ -73,8 +86,8 @@ class ChunkPump:
                     items, done = list(self._items), self._done
                     self._items.clear()
                     self._lock.notify_all()
-                for item in items:
-                    yield item
+                if items:
+                    yield items
                 if done:
                     break
             if self._error is not None:

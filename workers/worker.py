@@ -38,7 +38,7 @@ from servegraph.models.batching import Batcher
 from servegraph.models.hosted import HostedModel
 from servegraph.models.spec import ModelSpec
 from servegraph.rpc_errors import reports_errors
-from servegraph.v1 import worker_pb2, worker_pb2_grpc
+from servegraph.v1 import types_pb2, worker_pb2, worker_pb2_grpc
 
 logger = logging.getLogger("servegraph.worker")
 
@@ -93,17 +93,19 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     @reports_errors
     async def PredictStream(
         self, request: worker_pb2.PredictRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[worker_pb2.PredictResponse]:
+    ) -> AsyncIterator[worker_pb2.PredictChunks]:
         model = self._model(request.endpoint)
         body = codec.from_payload(request.body)
         if model.is_async:
-            chunks = model.stream_async(body, request.endpoint)
+            batches = ([chunk] async for chunk in model.stream_async(body, request.endpoint))
         else:
-            chunks = ChunkPump(model.stream(body, request.endpoint), self.thread, coalesce=True).__aiter__()
-        async for chunk in chunks:
-            response = worker_pb2.PredictResponse()
-            _encode_result(chunk, response)
-            yield response
+            batches = ChunkPump(model.stream(body, request.endpoint), self.thread, coalesce=True).batches()
+        async with contextlib.aclosing(batches):  # a cancelled call stops the model now, not when collected
+            async for chunks in batches:
+                message = worker_pb2.PredictChunks()
+                for chunk in chunks:
+                    _encode_result(chunk, message.chunks.add())
+                yield message
 
     def _model(self, endpoint: str) -> HostedModel:
         model = self.endpoints.get(endpoint)
@@ -122,7 +124,7 @@ def _write_answer(
     response.call_id = request.call_id
     if error is None:
         try:
-            _encode_result(result, response)
+            _encode_result(result, response.result)
             return
         except ServingError as failure:
             response.ClearField("result")
@@ -132,11 +134,11 @@ def _write_answer(
     response.error_code, response.error_message = status_of(error), describe(error)
 
 
-def _encode_result(result: Any, response: worker_pb2.PredictResponse) -> None:
+def _encode_result(result: Any, payload: types_pb2.Payload) -> None:
     """A result (or a stream's chunk) the codec cannot carry is the model's fault, not the caller's:
     INTERNAL, where the codec itself says INVALID_ARGUMENT (right for what a client sent)."""
     try:
-        codec.to_payload(result, response.result)
+        codec.to_payload(result, payload)
     except Exception as failure:
         raise ServingError(f"the model's result cannot be sent back: {failure}") from None
 

@@ -33,6 +33,12 @@ class PredictResponse(_message.Message):
     error_message: str
     def __init__(self, result: _Optional[_Union[_types_pb2.Payload, _Mapping]] = ..., call_id: _Optional[int] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
 
+class PredictChunks(_message.Message):
+    __slots__ = ("chunks",)
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    chunks: _containers.RepeatedCompositeFieldContainer[_types_pb2.Payload]
+    def __init__(self, chunks: _Optional[_Iterable[_Union[_types_pb2.Payload, _Mapping]]] = ...) -> None: ...
+
 class PredictBatch(_message.Message):
     __slots__ = ("requests",)
     REQUESTS_FIELD_NUMBER: _ClassVar[int]

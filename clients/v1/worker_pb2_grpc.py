@@ -42,7 +42,7 @@ class WorkerStub:
         self.PredictStream = channel.unary_stream(
                 '/servegraph.v1.Worker/PredictStream',
                 request_serializer=servegraph_dot_v1_dot_worker__pb2.PredictRequest.SerializeToString,
-                response_deserializer=servegraph_dot_v1_dot_worker__pb2.PredictResponse.FromString,
+                response_deserializer=servegraph_dot_v1_dot_worker__pb2.PredictChunks.FromString,
                 _registered_method=True)
 
 
@@ -60,7 +60,8 @@ class WorkerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PredictStream(self, request, context):
-        """Calls a streaming (generator) predict; each message carries one chunk.
+        """Calls a streaming (generator) predict; a message carries every chunk made since the last one
+        was sent (one chunk a message when the router keeps up).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -77,7 +78,7 @@ def add_WorkerServicer_to_server(servicer, server):
             'PredictStream': grpc.unary_stream_rpc_method_handler(
                     servicer.PredictStream,
                     request_deserializer=servegraph_dot_v1_dot_worker__pb2.PredictRequest.FromString,
-                    response_serializer=servegraph_dot_v1_dot_worker__pb2.PredictResponse.SerializeToString,
+                    response_serializer=servegraph_dot_v1_dot_worker__pb2.PredictChunks.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,7 +134,7 @@ class Worker:
             target,
             '/servegraph.v1.Worker/PredictStream',
             servegraph_dot_v1_dot_worker__pb2.PredictRequest.SerializeToString,
-            servegraph_dot_v1_dot_worker__pb2.PredictResponse.FromString,
+            servegraph_dot_v1_dot_worker__pb2.PredictChunks.FromString,
             options,
             channel_credentials,
             insecure,

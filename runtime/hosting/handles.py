@@ -173,8 +173,9 @@ class WorkerHandle(ModelHandle):
         worker.in_flight += 1
         call = stub.PredictStream(request)
         try:
-            async for response in call:
-                yield codec.from_payload(response.result)
+            async for message in call:
+                for chunk in message.chunks:
+                    yield codec.from_payload(chunk)
         except grpc.RpcError as error:
             raise self._failure(worker, error, endpoint) from None
         except asyncio.CancelledError:  # grpc.aio cancels the calls cut by a dead worker's channel closing
