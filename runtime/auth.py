@@ -52,14 +52,15 @@ class TokenAuth(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        metadata = handler_call_details.invocation_metadata  # type: ignore[attr-defined]
+        refusal = None if method.startswith(self._exempt) else self._refusal(metadata)
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(self._exempt):
-            return handler
-        refusal = self._refusal(handler_call_details.invocation_metadata)  # type: ignore[attr-defined]
-        return handler if refusal is None else _refuse(handler, handler_call_details.method, refusal)
+        # unknown methods are refused too: without a token, UNIMPLEMENTED would tell which ones exist
+        return handler if refusal is None else _refuse(handler, method, refusal)
 
     def accepts(self, token: str) -> bool:
         """Compares against every valid token in constant time: no timing tells how much of one matched."""
@@ -80,8 +81,9 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         return None if self.accepts(token.strip()) else "invalid bearer token"
 
 
-def _refuse(handler: grpc.RpcMethodHandler, method: str, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that ends the call with UNAUTHENTICATED."""
+def _refuse(handler: grpc.RpcMethodHandler | None, method: str, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` (unary for an unknown method) that ends the call with
+    UNAUTHENTICATED."""
 
     async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
         logger.info("refused %s from %s: %s", method, context.peer(), message)
@@ -92,5 +94,5 @@ def _refuse(handler: grpc.RpcMethodHandler, method: str, message: str) -> grpc.R
         (False, True): grpc.unary_stream_rpc_method_handler,
         (True, False): grpc.stream_unary_rpc_method_handler,
         (True, True): grpc.stream_stream_rpc_method_handler,
-    }[(handler.request_streaming, handler.response_streaming)]
+    }[(handler.request_streaming, handler.response_streaming) if handler is not None else (False, False)]
     return make(deny)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from certs import Certs, make_certs
@@ -20,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import TESTS_DIR, serve
 
 import servegraph as sg
-from servegraph.auth import TokenAuth, read_tokens
+from servegraph.auth import TokenAuth, bearer, read_tokens
 from servegraph.clients import AsyncClient, Client
 from servegraph.tls import CredentialsError, channel_credentials, server_credentials
 
@@ -106,6 +107,18 @@ def test_a_missing_or_wrong_token_is_unauthenticated(secure, certs):
     wrong = refusal(secure.address, tls_ca=certs.ca, token="first-token-not")
     assert wrong.code == "UNAUTHENTICATED"
     assert "invalid bearer token" in str(wrong)
+
+
+def test_unknown_methods_are_refused_before_they_are_looked_up(secure, certs):
+    """Without a token, UNIMPLEMENTED would tell a stranger which methods exist."""
+    with Client(secure.address, tls_ca=certs.ca, timeout=10) as client:
+        call = client.channel.unary_unary("/servegraph.v1.Secret/Method")
+        with pytest.raises(grpc.RpcError) as refused:
+            call(b"", timeout=10)
+        with pytest.raises(grpc.RpcError) as unknown:
+            call(b"", timeout=10, metadata=bearer("first-token"))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 @pytest.mark.parametrize("token", ["first-token", "second-token"])
