@@ -263,6 +263,10 @@ def test_credential_errors_name_the_file(certs, tmp_path):
         server_credentials(certs.server_cert, not_pem)
     with pytest.raises(CredentialsError, match=f"cannot read TLS client CA file {tmp_path / 'ca.pem'}"):
         server_credentials(certs.server_cert, certs.server_key, tmp_path / "ca.pem")
+    with pytest.raises(CredentialsError, match="cannot be used: key values mismatch"):
+        server_credentials(certs.server_cert, certs.client_key)
+    with pytest.raises(CredentialsError, match=f"TLS CA file {certs.server_key} holds no valid certificate"):
+        channel_credentials(certs.server_key)
     with pytest.raises(CredentialsError, match="needs its private key"):
         channel_credentials(certs.ca, cert=certs.client_cert)
     with pytest.raises(CredentialsError, match="cannot read TLS CA file"):
