@@ -67,17 +67,14 @@ def _serve(args: argparse.Namespace) -> int:
     credentials = tls.server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
     tokens = auth.read_tokens(args.auth_token_file) if args.auth_token_file else None
     graph = load_graph(args.target)
-    guards = [
-        ("mutual TLS" if args.tls_client_ca else "TLS") if credentials else "",
-        "bearer tokens" if tokens else "",
-        "no reflection" if args.no_reflection else "",
-    ]
-    guarded = ", ".join(guard for guard in guards if guard)
+    guards = [("mutual TLS" if args.tls_client_ca else "TLS")] if credentials else []
+    guards += ["bearer tokens"] if tokens else []
+    guards += ["no reflection"] if args.no_reflection else []
+    suffix = f" ({', '.join(guards)})" if guards else ""  # the operator sees what guards the port
 
     def ready(served: router.Router) -> None:
         if served.metrics_port is not None:
             print(f"servegraph: metrics on http://{args.host}:{served.metrics_port}/metrics", flush=True)
-        suffix = f" ({guarded})" if guarded else ""
         print(f"servegraph: serving graph '{graph.name}' on {args.host}:{served.port}{suffix}", flush=True)
 
     router.run(
@@ -183,7 +180,7 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--tls-ca", help="PEM CA to trust: connect with TLS")
         command.add_argument("--tls-cert", help="PEM client certificate, for mutual TLS (with --tls-key)")
         command.add_argument("--tls-key", help="PEM private key of --tls-cert")
-        command.add_argument("--token-file", help="file whose first line is the bearer token to send")
+        command.add_argument("--token-file", help="file whose first token (line) is sent as the bearer token")
         command.set_defaults(run=run)
         if name == "invoke":
             command.add_argument("--body", help="the event body as JSON")
