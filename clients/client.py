@@ -1,6 +1,8 @@
 """Python clients for a served graph: `Client` (blocking) and `AsyncClient` (asyncio).
 
-Both speak `servegraph.v1.Graph` over one channel. Failed calls raise servegraph's errors
+Both speak `servegraph.v1.Graph` over one channel: plaintext, or TLS when given a CA to trust
+(`tls_ca`) or a client certificate (`tls_cert`, `tls_key`: mutual TLS); with `token`, every call
+carries ``authorization: Bearer <token>``. Failed calls raise servegraph's errors
 (`sg.InvalidArgument`, `sg.NotFound`, ... with `.code` naming the gRPC status), the gRPC error
 kept as ``__cause__``.
 """
@@ -17,10 +19,21 @@ from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from servegraph import codec
+from servegraph.auth import bearer
 from servegraph.errors import ServingError, error_for_status
+from servegraph.tls import PathLike, channel_credentials
 from servegraph.v1 import graph_pb2, graph_pb2_grpc
 
 DEFAULT_MAX_MESSAGE_MB = 64
+
+
+def _credentials(
+    tls_ca: PathLike | None, tls_cert: PathLike | None, tls_key: PathLike | None
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials when any TLS file is named (no CA: the system's roots), else None: plaintext."""
+    if tls_ca is None and tls_cert is None and tls_key is None:
+        return None
+    return channel_credentials(tls_ca, tls_cert, tls_key)
 
 
 def _options(max_message_mb: int) -> list[tuple[str, int]]:
@@ -59,10 +72,25 @@ def _stats(response: graph_pb2.StatsResponse) -> list[dict[str, Any]]:
 class Client:
     """Blocking client: ``with Client("127.0.0.1:50051") as c: c.invoke({"question": "hi"})``."""
 
-    def __init__(self, address: str, *, timeout: float | None = None, max_message_mb: int = DEFAULT_MAX_MESSAGE_MB):
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float | None = None,
+        max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+        tls_ca: PathLike | None = None,
+        tls_cert: PathLike | None = None,
+        tls_key: PathLike | None = None,
+        token: str | None = None,
+    ):
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address, options=_options(max_message_mb))
+        self._metadata = bearer(token) if token else None
+        credentials = _credentials(tls_ca, tls_cert, tls_key)
+        if credentials is None:
+            self.channel = grpc.insecure_channel(address, options=_options(max_message_mb))
+        else:
+            self.channel = grpc.secure_channel(address, credentials, options=_options(max_message_mb))
         self._stub = graph_pb2_grpc.GraphStub(self.channel)
 
     def invoke(
@@ -76,7 +104,9 @@ class Client:
     ) -> Any:
         """Run one event through the graph and return the response body."""
         try:
-            response = self._stub.Invoke(_request(body, path, id, headers), timeout=timeout or self.timeout)
+            response = self._stub.Invoke(
+                _request(body, path, id, headers), timeout=timeout or self.timeout, metadata=self._metadata
+            )
         except grpc.RpcError as error:
             raise _error(error) from None
         return _body(response)
@@ -91,7 +121,9 @@ class Client:
         timeout: float | None = None,
     ) -> Iterator[Any]:
         """Chunks of the response as the graph produces them; closing the iterator cancels the call."""
-        call = self._stub.InvokeStream(_request(body, path, id, headers), timeout=timeout or self.timeout)
+        call = self._stub.InvokeStream(
+            _request(body, path, id, headers), timeout=timeout or self.timeout, metadata=self._metadata
+        )
         try:
             for response in call:
                 yield _body(response)
@@ -102,14 +134,16 @@ class Client:
 
     def describe(self) -> dict[str, Any]:
         try:
-            return _description(self._stub.Describe(graph_pb2.DescribeRequest(), timeout=self.timeout))
+            return _description(
+                self._stub.Describe(graph_pb2.DescribeRequest(), timeout=self.timeout, metadata=self._metadata)
+            )
         except grpc.RpcError as error:
             raise _error(error) from None
 
     def stats(self) -> list[dict[str, Any]]:
         """Per model endpoint: requests, failures, p50/p99 latency (ms), tokens in and out."""
         try:
-            response = self._stub.Stats(graph_pb2.StatsRequest(), timeout=self.timeout)
+            response = self._stub.Stats(graph_pb2.StatsRequest(), timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise _error(error) from None
         return _stats(response)
@@ -144,10 +178,25 @@ class Client:
 class AsyncClient:
     """asyncio client: ``async with AsyncClient(address) as c: await c.invoke(...)``."""
 
-    def __init__(self, address: str, *, timeout: float | None = None, max_message_mb: int = DEFAULT_MAX_MESSAGE_MB):
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float | None = None,
+        max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
+        tls_ca: PathLike | None = None,
+        tls_cert: PathLike | None = None,
+        tls_key: PathLike | None = None,
+        token: str | None = None,
+    ):
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.aio.insecure_channel(address, options=_options(max_message_mb))
+        self._metadata = bearer(token) if token else None
+        credentials = _credentials(tls_ca, tls_cert, tls_key)
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(address, options=_options(max_message_mb))
+        else:
+            self.channel = grpc.aio.secure_channel(address, credentials, options=_options(max_message_mb))
         self._stub = graph_pb2_grpc.GraphStub(self.channel)
 
     async def invoke(
@@ -160,7 +209,9 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> Any:
         try:
-            response = await self._stub.Invoke(_request(body, path, id, headers), timeout=timeout or self.timeout)
+            response = await self._stub.Invoke(
+                _request(body, path, id, headers), timeout=timeout or self.timeout, metadata=self._metadata
+            )
         except grpc.RpcError as error:
             raise _error(error) from None
         return _body(response)
@@ -174,7 +225,9 @@ class AsyncClient:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[Any]:
-        call = self._stub.InvokeStream(_request(body, path, id, headers), timeout=timeout or self.timeout)
+        call = self._stub.InvokeStream(
+            _request(body, path, id, headers), timeout=timeout or self.timeout, metadata=self._metadata
+        )
         try:
             async for response in call:
                 yield _body(response)
@@ -185,13 +238,15 @@ class AsyncClient:
 
     async def describe(self) -> dict[str, Any]:
         try:
-            return _description(await self._stub.Describe(graph_pb2.DescribeRequest(), timeout=self.timeout))
+            return _description(
+                await self._stub.Describe(graph_pb2.DescribeRequest(), timeout=self.timeout, metadata=self._metadata)
+            )
         except grpc.RpcError as error:
             raise _error(error) from None
 
     async def stats(self) -> list[dict[str, Any]]:
         try:
-            response = await self._stub.Stats(graph_pb2.StatsRequest(), timeout=self.timeout)
+            response = await self._stub.Stats(graph_pb2.StatsRequest(), timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise _error(error) from None
         return _stats(response)

@@ -10,11 +10,15 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import auth, tls
 from .dsl.graph import Graph
 from .errors import GraphError, ServingError
 from .serving.router import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_MB, DEFAULT_PORT, PortUnavailable
+
+if TYPE_CHECKING:
+    from servegraph.clients import Client
 
 DEFAULT_ADDRESS = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
 
@@ -57,12 +61,21 @@ def load_graph(target: str) -> Graph:
 def _serve(args: argparse.Namespace) -> int:
     from .serving import router
 
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        raise tls.CredentialsError("--tls-cert and --tls-key go together, and --tls-client-ca needs them")
+    # credentials first: a wrong file fails before the graph's models load
+    credentials = tls.server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    tokens = auth.read_tokens(args.auth_token_file) if args.auth_token_file else None
     graph = load_graph(args.target)
+    guards = [("mutual TLS" if args.tls_client_ca else "TLS")] if credentials else []
+    guards += ["bearer tokens"] if tokens else []
+    guards += ["no reflection"] if args.no_reflection else []
+    suffix = f" ({', '.join(guards)})" if guards else ""  # the operator sees what guards the port
 
     def ready(served: router.Router) -> None:
         if served.metrics_port is not None:
             print(f"servegraph: metrics on http://{args.host}:{served.metrics_port}/metrics", flush=True)
-        print(f"servegraph: serving graph '{graph.name}' on {args.host}:{served.port}", flush=True)
+        print(f"servegraph: serving graph '{graph.name}' on {args.host}:{served.port}{suffix}", flush=True)
 
     router.run(
         graph,
@@ -72,16 +85,31 @@ def _serve(args: argparse.Namespace) -> int:
         grace=args.grace,
         metrics_port=args.metrics_port,
         records=args.records,
+        credentials=credentials,
+        tokens=tokens,
+        reflection=not args.no_reflection,
         on_ready=ready,
     )
     return 0
 
 
-def _invoke(args: argparse.Namespace) -> int:
+def _client(args: argparse.Namespace) -> Client:
+    """The client that `invoke`, `describe` and `stats` call with, from their shared options."""
     from servegraph.clients import Client
 
+    return Client(
+        args.address,
+        timeout=args.timeout,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        token=auth.read_tokens(args.token_file)[0] if args.token_file else None,
+    )
+
+
+def _invoke(args: argparse.Namespace) -> int:
     body = json.loads(args.body) if args.body is not None else None
-    with Client(args.address, timeout=args.timeout) as client:
+    with _client(args) as client:
         if args.stream:
             for chunk in client.stream(body, args.path):
                 print(_dumps(chunk), flush=True)
@@ -91,17 +119,13 @@ def _invoke(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    from servegraph.clients import Client
-
-    with Client(args.address, timeout=args.timeout) as client:
+    with _client(args) as client:
         print(json.dumps(client.describe(), indent=2))
     return 0
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from servegraph.clients import Client
-
-    with Client(args.address, timeout=args.timeout) as client:
+    with _client(args) as client:
         endpoints = client.stats()
     columns = ("requests", "failures", "p50 ms", "p99 ms", "tokens in", "tokens out")
     print(f"{'endpoint':<24} " + " ".join(f"{column:>10}" for column in columns))
@@ -136,6 +160,13 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--records", default=None, help="file for per-call monitoring records (default servegraph-records/GRAPH.jsonl)"
     )
+    serve.add_argument("--tls-cert", help="PEM certificate (chain): serve TLS; needs --tls-key")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    serve.add_argument("--tls-client-ca", help="PEM CA: mutual TLS, only clients with a certificate it signed")
+    serve.add_argument(
+        "--auth-token-file", help="file of valid tokens, one a line: calls need 'authorization: Bearer TOKEN'"
+    )
+    serve.add_argument("--no-reflection", action="store_true", help="do not serve gRPC server reflection")
     serve.set_defaults(run=_serve)
 
     for name, run, help_text in (
@@ -146,6 +177,10 @@ def parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--address", default=DEFAULT_ADDRESS)
         command.add_argument("--timeout", type=float, default=None)
+        command.add_argument("--tls-ca", help="PEM CA to trust: connect with TLS")
+        command.add_argument("--tls-cert", help="PEM client certificate, for mutual TLS (with --tls-key)")
+        command.add_argument("--tls-key", help="PEM private key of --tls-cert")
+        command.add_argument("--token-file", help="file whose first token (line) is sent as the bearer token")
         command.set_defaults(run=run)
         if name == "invoke":
             command.add_argument("--body", help="the event body as JSON")
@@ -169,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     except json.JSONDecodeError as error:
         print(f"servegraph: --body is not valid JSON: {error}", file=sys.stderr)
         return 2
-    except PortUnavailable as error:
+    except (PortUnavailable, tls.CredentialsError) as error:
         print(f"servegraph: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

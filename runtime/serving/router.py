@@ -1,5 +1,8 @@
 """The router process: serves a graph over gRPC (grpc.aio on uvloop) with health and reflection.
 
+Optionally over TLS (`credentials`, from `servegraph.tls`), with bearer tokens (`tokens`: the
+`servegraph.auth` interceptor; health stays open), and without reflection (`reflection=False`).
+
 Start-up order matters to clients: the port opens first with health NOT_SERVING, the engine
 loads (workers start, models load), and only then does health say SERVING. On SIGTERM/SIGINT
 health turns NOT_SERVING, in-flight calls get `grace` seconds to finish, then workers stop.
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import start_http_server
 
+from ..auth import TokenAuth
 from ..dsl.graph import Graph
 from ..engine.engine import Engine
 from ..hosting.hub import ModelHub
@@ -48,6 +52,9 @@ class Router:
         max_message_mb: int = DEFAULT_MAX_MESSAGE_MB,
         metrics_port: int | None = None,
         records: str | Path | Callable[[dict[str, Any]], Any] | None = None,
+        credentials: grpc.ServerCredentials | None = None,
+        tokens: Collection[str] | None = None,
+        reflection: bool = True,
     ):
         models = ModelHub(graph)
         self.monitor = Monitor(
@@ -62,6 +69,7 @@ class Router:
         self.host = host
         self.requested_port = port
         self.port: int | None = None
+        self.credentials = credentials
         self.health = health.aio.HealthServicer()
         limit = max_message_mb * 1024 * 1024
         self.server = grpc.aio.server(
@@ -69,22 +77,15 @@ class Router:
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
+            interceptors=[TokenAuth(tokens)] if tokens else None,
         )
         dataplane = DataPlane(self.engine)
         graph_service.add_to_server(graph_service.GraphService(self.engine, dataplane), self.server)
         v2_service.add_to_server(v2_service.InferenceService(dataplane), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [
-                GRAPH_SERVICE,
-                v2_protocol.SERVICE,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            self.server,
-            pool=reflection_pool(),
-        )
+        if reflection:
+            enable_reflection(self.server)
 
     async def start(self) -> int:
         """Open the port, load the graph, then report SERVING; returns the bound port."""
@@ -103,7 +104,10 @@ class Router:
             self.metrics_port = self._metrics_server.server_port
         address = f"{_bracket(self.host)}:{self.requested_port}"
         try:  # last of the ports: gRPC keeps a bound port until the server is collected, even if never started
-            self.port = self.server.add_insecure_port(address)
+            if self.credentials is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, self.credentials)
         except RuntimeError:  # grpcio raises where older versions returned 0
             self.port = 0
         if not self.port:
@@ -143,6 +147,20 @@ class PortUnavailable(OSError):
     """The gRPC or the metrics port cannot be bound: one line for the operator, not a traceback."""
 
 
+def enable_reflection(server: grpc.aio.Server) -> None:
+    """Lets grpcurl and other tools list and call the services without .proto files."""
+    reflection.enable_server_reflection(
+        [
+            GRAPH_SERVICE,
+            v2_protocol.SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+        pool=reflection_pool(),
+    )
+
+
 def reflection_pool() -> descriptor_pool.DescriptorPool:
     """Every served service in one pool, the V2 contract included (it is not in the default pool)."""
     pool = descriptor_pool.DescriptorPool()
@@ -175,10 +193,23 @@ async def serve(
     grace: float = 5.0,
     metrics_port: int | None = None,
     records: str | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+    tokens: Collection[str] | None = None,
+    reflection: bool = True,
     on_ready: Callable[[Router], None] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain and stop."""
-    router = Router(graph, host, port, max_message_mb=max_message_mb, metrics_port=metrics_port, records=records)
+    router = Router(
+        graph,
+        host,
+        port,
+        max_message_mb=max_message_mb,
+        metrics_port=metrics_port,
+        records=records,
+        credentials=credentials,
+        tokens=tokens,
+        reflection=reflection,
+    )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
