@@ -3,8 +3,11 @@
 servegraph serves `benchmarks.served:v2_models`: the Identity model in the router (`in_router`) and in a
 dedicated worker (`in_worker`). MLServer (from `.venv-mlserver`, installed on first use, see `mlserver_side.py`)
 serves the same identity model in its main process (`parallel_workers: 0`) and through its default inference
-pool (`parallel_workers: 1`). All servers run at once, each in its own process; one client drives each with the
-same `load` (prebuilt request bytes over a plain grpc.aio channel, 1 and 8 concurrent callers). Each case runs
+pool (`parallel_workers: 1`). Dynamic batching: `in_worker_batched` (``predict_batch``, ``max_batch_size=8``,
+the default 2 ms delay) against MLServer's pool with its adaptive batching on (``max_batch_size`` 8,
+``max_batch_time`` 2 ms), at 8 and 32 callers. All servers run at once, each in its own process; one client
+drives each with the same `load` (prebuilt request bytes over a plain grpc.aio channel, 1, 8 and 32 callers).
+Each case runs
 ``BENCH_ROUNDS`` rounds (3) of ``BENCH_SECONDS`` (2 s) on each side, MLServer and servegraph back to back and
 who goes first alternating, so that both see the same machine. Each servegraph line ends with the median of the
 per-round ratios of its throughput over the MLServer configuration it compares with: in_router vs MLServer
@@ -34,7 +37,11 @@ DURATION = float(os.environ.get("BENCH_SECONDS", "2"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 WARMUP = 100
 # servegraph model, the MLServer configuration it is compared with, the target throughput ratio at 8 clients.
-CASES = (("in_router", "in-process", 1.5), ("in_worker", "worker pool", 2.0))
+CASES = (
+    ("in_router", "in-process", 1.5),
+    ("in_worker", "worker pool", 2.0),
+    ("in_worker_batched", "worker pool, batching", 2.0),
+)
 
 
 @dataclass
@@ -103,9 +110,9 @@ def start_mlservers(stack: contextlib.ExitStack) -> dict[str, mlserver_side.Serv
         print(f"MLServer could not be installed ({error}); servegraph's numbers alone", flush=True)
         return {}
     served = {}
-    for config, workers in mlserver_side.CONFIGS.items():
+    for config, settings in mlserver_side.CONFIGS.items():
         try:
-            served[config] = stack.enter_context(mlserver_side.serve(executable, workers))
+            served[config] = stack.enter_context(mlserver_side.serve(executable, settings))
         except Exception as error:  # never let MLServer take the benchmark down
             print(f"MLServer {config} did not start ({one_line(error)}); compared without it", flush=True)
     return served
@@ -153,8 +160,10 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         router = stack.enter_context(launch("benchmarks.served:v2_models"))
         mlservers = start_mlservers(stack)
-        for concurrency in (1, 8):
+        for concurrency in (1, 8, 32):
             for model, config, _ in CASES:
+                if concurrency == 32 and model == "in_router":
+                    continue
                 compare(router, mlservers, model, config, concurrency)
 
 

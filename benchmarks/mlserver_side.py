@@ -35,8 +35,10 @@ VENV = Path(__file__).resolve().parent.parent / ".venv-mlserver"
 STAMP = VENV / "servegraph-bench.stamp"
 MODEL = "identity"
 
-# parallel_workers 0: the model runs in MLServer's main process; 1 is MLServer's default, one inference pool worker.
-CONFIGS = {"in-process": 0, "worker pool": 1}
+# parallel_workers 0: the model runs in MLServer's main process; 1 is MLServer's default, one inference pool worker;
+# then the adaptive batching of its model settings (max_batch_size, max_batch_time in seconds).
+CONFIGS: dict[str, tuple[int, int]] = {"in-process": (0, 0), "worker pool": (1, 0), "worker pool, batching": (1, 8)}
+MAX_BATCH_TIME = 0.002
 
 IDENTITY = '''"""servegraph's benchmarks.served.Identity for MLServer: the first input back as the only output."""
 
@@ -109,7 +111,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def write_repository(folder: Path, parallel_workers: int) -> str:
+def write_repository(folder: Path, parallel_workers: int, max_batch_size: int) -> str:
     """settings.json and the identity model's folder; returns the gRPC address.
 
     debug off: it adds an access-log interceptor to every gRPC call. Metrics off (`metrics_endpoint` null): no
@@ -130,7 +132,10 @@ def write_repository(folder: Path, parallel_workers: int) -> str:
     model = folder / MODEL
     model.mkdir()
     (model / "identity.py").write_text(IDENTITY)
-    (model / "model-settings.json").write_text(json.dumps({"name": MODEL, "implementation": "identity.Identity"}))
+    model_settings: dict[str, object] = {"name": MODEL, "implementation": "identity.Identity"}
+    if max_batch_size:
+        model_settings.update(max_batch_size=max_batch_size, max_batch_time=MAX_BATCH_TIME)
+    (model / "model-settings.json").write_text(json.dumps(model_settings))
     return f"127.0.0.1:{grpc_port}"
 
 
@@ -158,11 +163,11 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def serve(executable: Path, parallel_workers: int, timeout: float = 180.0) -> Iterator[Served]:
+def serve(executable: Path, config: tuple[int, int], timeout: float = 180.0) -> Iterator[Served]:
     """`mlserver start` on a temporary repository until the block ends; yields once the model says it is ready."""
     with tempfile.TemporaryDirectory(prefix="mlserver-bench-") as directory:
         folder = Path(directory)
-        address = write_repository(folder, parallel_workers)
+        address = write_repository(folder, *config)
         env = {
             key: value
             for key, value in os.environ.items()

@@ -77,10 +77,16 @@ class Identity(sg.Model):
         return body["inputs"][0]
 
 
+class BatchedIdentity(sg.Model):
+    def predict_batch(self, bodies):
+        return [body["inputs"][0] for body in bodies]
+
+
 v2_models = sg.Graph("v2-models")
 v2_runner = sg.ModelRunnerStep(name="models")
 v2_runner.add_model("in_router", Identity, "naive")
 v2_runner.add_model("in_worker", Identity, "dedicated_process")
+v2_runner.add_model("in_worker_batched", BatchedIdentity, "dedicated_process", max_batch_size=8)
 v2_models.to(v2_runner).respond()
 
 
