@@ -35,7 +35,7 @@ def only_text(body: dict) -> object:
 
 class ByTopic(sg.ModelSelector):
     def select(self, event, available_models):
-        return [event.get("topic", "finance")]
+        return [event.body.get("topic", "finance")]
 
 
 chat = sg.Graph("chat")

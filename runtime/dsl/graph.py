@@ -7,12 +7,13 @@ import path, so another process can rebuild it) and renders as Mermaid; `engine.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ..errors import GraphError
-from ..imports import import_object
+from ..imports import resolve, resolve_handler
 from ..models.artifacts import ModelArtifact, as_artifact
 from ..models.spec import ModelSpec
 from .kinds import step_class, step_from_dict
@@ -27,7 +28,9 @@ DEFAULT_MAX_ITERATIONS = 100
 
 class Graph:
     """A flow of steps. ``allow_cyclic`` permits loops (`cycle_to`), bounded by ``max_iterations``;
-    ``monitoring=True`` writes a record per model call of every endpoint."""
+    ``monitoring=True`` writes a record per model call of every endpoint. Classes and handlers named
+    without a module (``"Echo"``) are found in `namespace`, else in the globals of the code that adds
+    them, as in MLRun."""
 
     def __init__(
         self,
@@ -37,6 +40,7 @@ class Graph:
         allow_cyclic: bool = False,
         max_iterations: int | None = DEFAULT_MAX_ITERATIONS,
         monitoring: bool = False,
+        namespace: Mapping[str, Any] | None = None,
     ):
         if topology != "flow":
             raise GraphError(f"topology {topology!r} is not supported: use 'flow' (and sg.RouterStep to route)")
@@ -48,6 +52,7 @@ class Graph:
         self.allow_cyclic = allow_cyclic
         self.max_iterations = max_iterations
         self.monitoring = monitoring
+        self.namespace = namespace
         self.steps: dict[str, Step] = {}
         self.error_handlers: dict[str, TaskStep] = {}
         self.on_error: str | None = None
@@ -96,7 +101,7 @@ class Graph:
                 raise GraphError(f"step '{step.name}' is already in graph '{step.graph.name}'")
         else:
             options = {key: value for key, value in options.items() if value is not None}
-            step = _make_step(class_name, name, handler, class_args, options)
+            step = _make_step(class_name, name, handler, class_args, options, self.namespace)
         step.after = parents or step.after
         step.cycle_targets.extend(as_list(cycle_to))
         self._register(step)
@@ -132,7 +137,7 @@ class Graph:
     ) -> TaskStep:
         """Declare an error-handler step (used by `error_handler` on the graph and on steps)."""
         options = {"full_event": full_event, "input_path": input_path, "result_path": result_path}
-        step = _make_step(class_name, name, handler, class_args, options, before=before)
+        step = _make_step(class_name, name, handler, class_args, options, self.namespace, before=before)
         if not isinstance(step, TaskStep):
             raise GraphError(f"error handler '{step.name}' must be a function or a class with do()")
         self._check_new_name(step.name)
@@ -345,12 +350,16 @@ def _make_step(
     handler: Any,
     class_args: dict[str, Any],
     options: dict[str, Any],
+    namespace: Mapping[str, Any] | None,
     before: str | list[str] | None = None,
 ) -> Step:
-    """Build the right Step for what the user passed: a Step class or path, or user code."""
+    """Build the right Step for what the user passed: a Step class or name, or user code (named ones
+    looked up in the graph's namespace, else where the graph is built)."""
     target = class_name
     if isinstance(class_name, str):
-        target = step_class(class_name) or import_object(class_name, "class")
+        target = step_class(class_name) or resolve(class_name, "class", namespace)
+    if class_name is None and isinstance(handler, str):
+        handler = resolve_handler(handler, namespace)
     if inspect.isclass(target) and issubclass(target, Step):
         if before:
             raise GraphError(f"before= applies to error handlers, not to {target.__name__}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import GraphError
-from ..imports import import_object, object_path
+from ..imports import object_path, resolve
 from ..models.artifacts import ModelArtifact, as_artifact
 from ..models.spec import EXECUTION_MECHANISMS, ModelSpec
 from .steps import Step
@@ -34,8 +34,9 @@ class EndpointName(str):
 class ModelSelector:
     """Chooses which of a ModelRunnerStep's models run for an event.
 
-    `select` gets the event body and the endpoint names (strings that also carry ``labels``) and
-    returns names to run, or None for all; an empty list runs none.
+    `select` gets the event (``.body``, ``.id``, ``.path``, ``.headers``, as in MLRun) and the endpoint
+    names (strings that also carry ``labels``) and returns names to run, or None for all; an empty list
+    runs none.
     """
 
     def select(self, event: Any, available_models: list[EndpointName]) -> Iterable[str] | None:
@@ -101,7 +102,7 @@ class ModelRunnerStep(Step):
         self.max_processes: int | None = None
         self.max_threads: int | None = None
         if isinstance(model_selector, str):
-            import_object(model_selector, "model selector")
+            self.model_selector = resolve(model_selector, "model selector")
 
     def add_model(
         self,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import GraphError
-from ..imports import import_object, object_path
+from ..imports import Expression, object_path, resolve, resolve_handler
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -142,14 +142,14 @@ class TaskStep(Step):
         **options: Any,
     ):
         self.instance: Any = None
-        if class_name is not None and not isinstance(class_name, str | type):
-            self.instance, class_name = class_name, type(class_name)
         if isinstance(class_name, str):
-            class_name = import_object(class_name, "class")
+            class_name = resolve(class_name, "class")
+        if class_name is not None and not isinstance(class_name, type):
+            self.instance, class_name = class_name, type(class_name)
         if class_name is None and handler is None:
             raise GraphError(f"step '{name}' needs a class_name or a handler")
         if class_name is None and isinstance(handler, str):
-            handler = import_object(handler, "handler")
+            handler = resolve_handler(handler)
         if class_name is None and not callable(handler):
             raise GraphError(f"step '{name}': handler {handler!r} is not callable")
         if class_name is not None and not inspect.isclass(class_name):
@@ -168,6 +168,8 @@ class TaskStep(Step):
             spec["class_name"] = object_path(self.cls)
             if self.handler:
                 spec["handler"] = self.handler
+        elif isinstance(self.handler, Expression):
+            spec["handler"] = self.handler.source
         else:
             spec["handler"] = object_path(self.handler)
         if self.class_args:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import GraphError
-from ..imports import import_object, is_importable, object_path
+from ..imports import is_importable, object_path, resolve
 from .artifacts import ModelArtifact
 from .base import Model, overrides
 
@@ -33,7 +33,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if isinstance(self.model_class, str):
             path = BUILTIN_MODELS.get(self.model_class, self.model_class)
-            self.model_class = import_object(path, "model class")
+            self.model_class = resolve(path, "model class")
         if not (inspect.isclass(self.model_class) and issubclass(self.model_class, Model)):
             raise GraphError(f"model '{self.name}': model_class must be a servegraph Model subclass")
         if self.execution_mechanism not in EXECUTION_MECHANISMS:

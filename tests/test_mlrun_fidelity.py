@@ -1,0 +1,219 @@
+"""MLRun's serving-graph semantics, each written from MLRun's documented behaviour with our own graphs.
+
+Names given without a module ("Doubler", "pick_first") are found in this module's globals, as MLRun
+finds them in the caller's.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import servegraph as sg
+
+
+class Tagger:
+    """Takes ``**kwargs``: MLRun passes such a class its step's name (and context)."""
+
+    def __init__(self, **kwargs):
+        self.name = kwargs["name"]
+        self.context = kwargs["context"]
+
+    def do(self, body):
+        return [body, self.name]
+
+
+class Doubler:
+    def do(self, body):
+        return body * 2
+
+
+def add_one(body):
+    return body + 1
+
+
+class Bump(sg.Model):
+    """Changes its input in place, as much MLRun model code does."""
+
+    def predict(self, body):
+        body["n"] += int(self.get_param("by", 1))
+        return body
+
+
+class ByEvent(sg.ModelSelector):
+    """Reads the whole event: its body, id, path and headers."""
+
+    seen: list = []
+
+    def select(self, event, available_models):
+        ByEvent.seen.append((event.id, event.path, event.headers.get("x-pick")))
+        return event.body.get("models")
+
+
+# -- 1. the event -----------------------------------------------------------------------------------
+
+
+def test_a_model_selector_gets_the_whole_event():
+    ByEvent.seen.clear()
+    runner = sg.ModelRunnerStep(name="models", model_selector=ByEvent)
+    runner.add_model("a", Bump, execution_mechanism="naive")
+    runner.add_model("b", Bump, execution_mechanism="naive", by=2)
+    graph = sg.Graph("select")
+    graph.to(runner).respond()
+    with graph.to_mock_server() as mock:
+        assert mock.test("/p", body={"n": 1, "models": ["b"]}, event_id="e1", headers={"x-pick": "b"}) == {
+            "n": 3,
+            "models": ["b"],
+        }
+    assert ByEvent.seen == [("e1", "/p", "b")]
+
+
+def test_a_class_taking_kwargs_gets_its_step_name_and_context():
+    graph = sg.Graph("kwargs")
+    graph.to(Tagger, name="tag").respond()
+    with graph.to_mock_server() as mock:
+        assert mock.test(body=5) == [5, "tag"]
+        assert graph["tag"].name == "tag"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "seen"),
+    [
+        ({"a": 1}, None, "dict"),
+        ("[1, 2]", None, "list"),
+        ("[1, 2]", "application/json", "list"),
+        (b'{"a": 1}', None, "dict"),
+        ("[1, 2]", "text/plain", "str"),
+        ("not json", None, "str"),
+    ],
+)
+def test_a_string_body_that_is_json_is_decoded_as_mlruns_mock_does(body, content_type, seen):
+    graph = sg.Graph("types")
+    graph.to(name="kind", handler=lambda body: type(body).__name__).respond()
+    with graph.to_mock_server() as mock:
+        assert mock.test(body=body, content_type=content_type) == seen
+
+
+# -- 2. body isolation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mechanism", ["naive", "asyncio", "thread_pool"])
+def test_each_model_of_a_runner_gets_its_own_copy_of_the_body(mechanism):
+    class AsyncBump(Bump):
+        async def predict_async(self, body):
+            return self.predict(body)
+
+    model = AsyncBump if mechanism == "asyncio" else Bump
+    runner = sg.ModelRunnerStep(name="models")
+    for by in (1, 10, 100):
+        runner.add_model(f"m{by}", model, execution_mechanism=mechanism, by=by)
+    graph = sg.Graph("isolated")
+    graph.to(runner).respond()
+    with graph.to_mock_server() as mock:
+        assert mock.test(body={"n": 1}) == {"m1": {"n": 2}, "m10": {"n": 11}, "m100": {"n": 101}}
+
+
+# -- 3. names resolved like MLRun -------------------------------------------------------------------
+
+
+def test_classes_and_handlers_named_without_a_module_come_from_the_building_code():
+    graph = sg.Graph("bare")
+    graph.to("Doubler", name="double").to(name="inc", handler="add_one").respond()
+    with graph.to_mock_server() as mock:
+        assert mock.test(body=5) == 11
+
+
+def test_a_bare_name_may_come_from_the_graphs_namespace():
+    graph = sg.Graph("namespaced", namespace={"Triple": type("Triple", (), {"do": lambda self, body: body * 3})})
+    graph.to("Triple").respond()
+    with graph.to_mock_server() as mock:
+        assert mock.test(body=2) == 6
+
+
+def test_bare_model_and_selector_names_resolve_too():
+    runner = sg.ModelRunnerStep(name="models", model_selector="ByEvent")
+    runner.add_model("a", "Bump", execution_mechanism="naive")
+    graph = sg.Graph("bare-models")
+    graph.to(runner).respond()
+    with graph.to_mock_server() as mock:
+        assert mock.test(body={"n": 1, "models": ["a"]})["n"] == 2
+
+
+def test_an_unknown_bare_name_is_a_graph_error_that_says_where_it_looked():
+    with pytest.raises(sg.GraphError, match="cannot find class 'Nowhere' where the graph is built"):
+        sg.Graph("unknown").to("Nowhere")
+
+
+def test_expression_handlers_and_import_paths():
+    graph = sg.Graph("expr")
+    graph.to(name="s1", handler="(event + 1)").to(name="s2", handler="json.dumps").respond()
+    with graph.to_mock_server() as mock:
+        assert mock.test(body=5) == json.dumps(6)
+    rebuilt = sg.Graph.from_yaml(graph.to_yaml())
+    assert rebuilt["s1"].to_dict()["handler"] == "(event + 1)"
+    with rebuilt.to_mock_server() as mock:
+        assert mock.test(body=1) == "2"
+    with pytest.raises(sg.GraphError, match="not valid Python"):
+        sg.Graph("bad").to(name="s", handler="(event +)")
+
+
+# -- 9. the mock server -----------------------------------------------------------------------------
+
+
+class NotFoundHere(Exception):
+    error_status_code = 404
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (ValueError("bad value"), 400, "INTERNAL"),
+        (sg.InvalidArgument("bad field"), 400, "INVALID_ARGUMENT"),
+        (sg.NotFound("no such thing"), 404, "NOT_FOUND"),
+        (NotFoundHere("gone"), 404, "INTERNAL"),
+    ],
+)
+def test_silent_returns_mlruns_status_beside_ours(error, status, code):
+    def fail(body):
+        raise error
+
+    graph = sg.Graph("silent")
+    graph.to(name="fail", handler=fail).respond()
+    with graph.to_mock_server() as mock:
+        response = mock.test(body="x", method="GET", silent=True)
+        assert (response.status_code, response.code) == (status, code)
+        assert type(error).__name__ in response.body or code in ("INVALID_ARGUMENT", "NOT_FOUND")
+        assert str(error) in response.body
+        with pytest.raises(type(error)):
+            mock.test(body="x")
+
+
+def test_a_bad_json_body_is_a_400():
+    graph = sg.Graph("json")
+    graph.to(name="echo", handler=lambda body: body).respond()
+    with graph.to_mock_server() as mock:
+        response = mock.test(body="xx [1,2]", content_type="application/json", silent=True)
+        assert response.status_code == 400
+        with pytest.raises(sg.InvalidArgument, match="not valid JSON"):
+            mock.test(body="xx [1,2]", content_type="application/json")
+
+
+def test_the_mock_servers_context_is_the_one_steps_get():
+    class Visits:
+        def __init__(self, context, name):
+            self.context, self.name = context, name
+
+        def do(self, body):
+            self.context.visits[self.name] = self.context.visits.get(self.name, 0) + 1
+            return body
+
+    graph = sg.Graph("ctx")
+    graph.to(Visits, name="a").to(Visits, name="b").respond()
+    mock = graph.to_mock_server()
+    mock.context.visits = {}
+    try:
+        mock.test(body=1)
+        assert mock.context.visits == {"a": 1, "b": 1}
+    finally:
+        mock.close()
