@@ -12,12 +12,12 @@ class GraphError(ValueError):
 
 
 class ModelRunnerError(GraphError, RuntimeError):
-    """A model that cannot serve as declared, refused when the graph starts (MLRun's ModelRunnerError):
-    `models_errors` maps each such endpoint to why. Also a RuntimeError, the kind MLRun's callers catch."""
+    """Models that cannot serve as declared, refused when the graph starts (MLRun's ModelRunnerError):
+    `models_errors` maps each such model to why. Also a RuntimeError, the kind MLRun's callers catch."""
 
     def __init__(self, models_errors: dict[str, str]):
         self.models_errors = dict(models_errors)
-        super().__init__("; ".join(f"{name} {why}" for name, why in self.models_errors.items()))
+        super().__init__("; ".join(self.models_errors.values()))
 
 
 class ServingError(Exception):

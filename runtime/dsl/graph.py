@@ -18,7 +18,7 @@ from ..models.artifacts import ModelArtifact, as_artifact
 from ..models.spec import ModelSpec
 from .kinds import step_class, step_from_dict
 from .model_runner import Endpoint, ModelRunnerStep, SharedModel
-from .steps import Step, TaskStep, as_list
+from .steps import RouterStep, Step, TaskStep, as_list
 
 if TYPE_CHECKING:
     from ..serving.mock import MockServer
@@ -42,10 +42,12 @@ class Graph:
         monitoring: bool = False,
         namespace: Mapping[str, Any] | None = None,
     ):
+        if engine == "sync" and allow_cyclic:
+            raise GraphError("Cyclic graphs are not supported with sync engine, please use async engine")
         if topology != "flow":
             raise GraphError(f"topology {topology!r} is not supported: use 'flow' (and sg.RouterStep to route)")
         if engine not in ("async", "sync"):
-            raise GraphError(f"engine {engine!r} is not supported: use 'async'")
+            raise GraphError(f"engine {engine!r} is not supported: use 'async' (or MLRun's 'sync' flow)")
         self.name = name
         self.topology = topology
         self.engine = engine
@@ -104,7 +106,14 @@ class Graph:
             step = _make_step(class_name, name, handler, class_args, options, self.namespace)
         step.after = parents or step.after
         step.cycle_targets.extend(as_list(cycle_to))
+        last = self._last
         self._register(step)
+        try:
+            self._check_acyclic()
+        except GraphError:
+            del self.steps[step.name]
+            step.graph, self._last = None, last
+            raise
         return step
 
     def error_handler(
@@ -196,9 +205,37 @@ class Graph:
 
     def _register(self, step: Step) -> None:
         self._check_new_name(step.name)
+        self._claim(step, endpoint_names(step), shared_model_names(step))
         step.graph = self
         self.steps[step.name] = step
         self._last = step
+
+    def _claim(self, step: Step, names: list[str], shared: list[str]) -> None:
+        """MLRun's checks as endpoints join the graph: model endpoints and routes have names unique
+        across the graph, and a proxy's shared model is already declared."""
+        owners = {
+            name: other.name for other in self.steps.values() if other is not step for name in endpoint_names(other)
+        }
+        for name in names:
+            if name in owners:
+                raise GraphError(
+                    f"model endpoint '{name}' is declared in steps '{owners[name]}' and '{step.name}'; "
+                    "endpoint names must be unique in a graph"
+                )
+        for name in shared:
+            if name not in self.shared_models:
+                raise GraphError(
+                    f"step '{step.name}': Can't find shared model named {name} (declare it first with add_shared_model)"
+                )
+
+    def _check_acyclic(self) -> None:
+        """A cycle is refused as it is made, as in MLRun, unless the graph allows loops."""
+        cycle = None if self.allow_cyclic else self.find_cycle()
+        if cycle:
+            raise GraphError(
+                f"graph '{self.name}' has a cycle ({' -> '.join(cycle)}): "
+                "cyclic graphs are not allowed, enable allow_cyclic=True to allow loops"
+            )
 
     def __getitem__(self, name: str) -> Step:
         try:
@@ -247,12 +284,7 @@ class Graph:
                 raise GraphError(
                     f"step '{step.name}': proxy '{name}' names unknown shared model '{endpoint.shared_model_name}'"
                 )
-        cycle = self.find_cycle()
-        if cycle and not self.allow_cyclic:
-            raise GraphError(
-                f"graph '{self.name}' has a cycle ({' -> '.join(cycle)}); "
-                "build it with allow_cyclic=True to allow loops"
-            )
+        self._check_acyclic()
 
     def find_cycle(self) -> list[str] | None:
         """One cycle of the graph as a list of step names (first name repeated at the end), or None."""
@@ -365,3 +397,19 @@ def _make_step(
             raise GraphError(f"before= applies to error handlers, not to {target.__name__}")
         return target(name, **class_args, **options)
     return TaskStep(name, class_name=target, handler=handler, class_args=class_args, before=before, **options)
+
+
+def endpoint_names(step: Step) -> list[str]:
+    """The endpoint names a step declares: a runner's models and proxies, a router's routes."""
+    if isinstance(step, ModelRunnerStep):
+        return list(step.endpoints)
+    if isinstance(step, RouterStep):
+        return list(step.routes)
+    return []
+
+
+def shared_model_names(step: Step) -> list[str]:
+    """The shared models a runner's proxies use."""
+    if not isinstance(step, ModelRunnerStep):
+        return []
+    return [endpoint.shared_model_name for endpoint in step.endpoints.values() if endpoint.shared_model_name]

@@ -172,6 +172,8 @@ class ModelRunnerStep(Step):
     def _add(self, endpoint: Endpoint) -> None:
         if endpoint.name in self.endpoints:
             raise GraphError(f"step '{self.name}' already has a model endpoint named '{endpoint.name}'")
+        if self.graph is not None:
+            self.graph._claim(self, [endpoint.name], [endpoint.shared_model_name] if endpoint.shared_model_name else [])
         self.endpoints[endpoint.name] = endpoint
 
     def _spec(self) -> dict[str, Any]:

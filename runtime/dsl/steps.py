@@ -68,7 +68,14 @@ class Step:
 
     def cycle_to(self, step_names: str | list[str]) -> Step:
         """Send this step's output back to earlier steps too (needs ``allow_cyclic=True``)."""
-        self.cycle_targets.extend(as_list(step_names))
+        added = as_list(step_names)
+        self.cycle_targets.extend(added)
+        if self.graph is not None:
+            try:
+                self.graph._check_acyclic()
+            except GraphError:
+                del self.cycle_targets[-len(added) :]
+                raise
         return self
 
     def error_handler(
@@ -199,6 +206,8 @@ class RouterStep(Step):
         if not key or "/" in key:
             raise GraphError(f"router '{self.name}': route key {key!r} must be a non-empty name without '/'")
         route = TaskStep(key, class_name=class_name, handler=handler, class_args=class_args)
+        if self.graph is not None:
+            self.graph._claim(self, [key], [])
         self.routes[key] = route
         return route
 

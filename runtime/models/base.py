@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 
 class Model:
-    """Base class for models: override `load`, and `predict` and/or `predict_async`.
+    """Base class for models: override `load`, and `predict` (`predict_async` for the asyncio mechanism).
 
     A generator `predict` streams its chunks. `preprocess` and `postprocess` run around every call
     in the same process as the model. Models in worker processes are created and loaded there,
@@ -35,6 +35,15 @@ class Model:
 
     def get_param(self, key: str, default: Any = None) -> Any:
         return self.parameters.get(key, default)
+
+    @classmethod
+    def cannot_serve(cls, name: str, execution_mechanism: str, model_artifact: ModelArtifact | None) -> str | None:
+        """Why this class cannot serve endpoint `name` as declared, or None; checked when the graph starts,
+        where MLRun checks it: the asyncio mechanism calls `predict_async`, every other one `predict`."""
+        needed = "predict_async" if execution_mechanism == "asyncio" else "predict"
+        if not overrides(cls, needed):
+            return f"{name} is running with {execution_mechanism} execution_mechanism but {needed}() is not implemented"
+        return None
 
 
 def overrides(model_class: type, method: str) -> bool:

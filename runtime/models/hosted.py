@@ -15,7 +15,6 @@ from typing import Any
 
 from ..errors import NotFound
 from .artifacts import ModelArtifact
-from .base import overrides
 from .spec import ModelSpec
 
 
@@ -94,10 +93,8 @@ class HostedModel:
 
 
 def prediction_method(spec: ModelSpec) -> str:
-    """``predict_async`` for the asyncio mechanism and for models that define only it, else ``predict``."""
-    cls = spec.model_class
-    only_async = overrides(cls, "predict_async") and not overrides(cls, "predict")
-    return "predict_async" if spec.execution_mechanism == "asyncio" or only_async else "predict"
+    """``predict_async`` for the asyncio mechanism, else ``predict`` (`Model.cannot_serve` checks it exists)."""
+    return "predict_async" if spec.execution_mechanism == "asyncio" else "predict"
 
 
 def streams(spec: ModelSpec) -> bool:

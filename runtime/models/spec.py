@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import GraphError
 from ..imports import is_importable, object_path, resolve
 from .artifacts import ModelArtifact
-from .base import Model, overrides
+from .base import Model
 
 IN_ROUTER = ("naive", "asyncio", "thread_pool")
 IN_WORKERS = ("process_pool", "dedicated_process")
@@ -40,10 +40,6 @@ class ModelSpec:
             raise GraphError(
                 f"model '{self.name}': execution_mechanism {self.execution_mechanism!r} is not one of "
                 f"{', '.join(EXECUTION_MECHANISMS)}"
-            )
-        if self.execution_mechanism == "asyncio" and not overrides(self.model_class, "predict_async"):
-            raise GraphError(
-                f"model '{self.name}': execution_mechanism 'asyncio' needs {self.model_class.__name__}.predict_async"
             )
         if self.in_worker:
             if not is_importable(self.model_class):
