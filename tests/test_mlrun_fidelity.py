@@ -217,3 +217,75 @@ def test_the_mock_servers_context_is_the_one_steps_get():
         assert mock.context.visits == {"a": 1, "b": 1}
     finally:
         mock.close()
+
+
+# -- 6. checks at the moment MLRun makes them -------------------------------------------------------
+
+
+def test_a_sync_graph_may_not_allow_cycles():
+    with pytest.raises(sg.GraphError, match="Cyclic graphs are not supported with sync engine"):
+        sg.Graph("sync-loop", engine="sync", allow_cyclic=True)
+
+
+# -- 7. the sync engine -----------------------------------------------------------------------------
+
+
+class Append:
+    def __init__(self, name):
+        self.name = name
+
+    def do(self, body):
+        return [*body, self.name]
+
+
+class Fails:
+    def do(self, body):
+        raise ValueError(f"cannot take {body}")
+
+
+class Report:
+    """A full-event error handler: reports where and why the flow failed."""
+
+    def do(self, event):
+        event.body = {"body": event.body, "origin_state": event.origin_state, "error": event.error}
+        return event
+
+
+def test_a_sync_flow_without_respond_returns_the_last_steps_output():
+    graph = sg.Graph("chain", engine="sync")
+    graph.add_step(Append, name="s1")
+    graph.add_step(Append, name="s2", after="$prev")
+    graph.add_step(Append, name="s3", after="$prev")
+    with graph.to_mock_server() as mock:
+        assert mock.test(body=[]) == ["s1", "s2", "s3"]
+
+
+def test_the_async_flow_without_respond_still_returns_the_event_id():
+    graph = sg.Graph("chain")
+    graph.to(Append, name="s1")
+    with graph.to_mock_server() as mock:
+        assert set(mock.test(body=[], event_id="e")) == {"id"}
+
+
+def test_a_sync_flow_refuses_model_runners_and_branches():
+    graph = sg.Graph("sync", engine="sync")
+    with pytest.raises(sg.GraphError, match="ModelRunnerStep can only be added to a graph with the async engine"):
+        graph.to(sg.ModelRunnerStep(name="models"))
+    first = graph.to(Append, name="s1")
+    first.to(Append, name="s2")
+    with pytest.raises(sg.GraphError, match="without branches or joins"):
+        first.to(Append, name="s3")
+    graph.add_step(Append, name="other")
+    with pytest.raises(sg.GraphError, match="all start one"):
+        graph.to_mock_server()
+
+
+def test_an_error_handler_named_by_a_step_of_the_graph():
+    graph = sg.Graph("catching", engine="sync")
+    graph.add_step(Append, name="s1")
+    graph.add_step(Fails, name="raiser", after="$prev").error_handler("catch")
+    graph.add_step(Append, name="s3", after="$prev")
+    graph.add_step(Report, name="catch", full_event=True)
+    with graph.to_mock_server() as mock:
+        response = mock.test(body=[])
+    assert response["origin_state"] == "raiser" and "cannot take ['s1']" in response["error"]

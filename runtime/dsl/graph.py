@@ -105,6 +105,8 @@ class Graph:
             options = {key: value for key, value in options.items() if value is not None}
             step = _make_step(class_name, name, handler, class_args, options, self.namespace)
         step.after = parents or step.after
+        if self.engine == "sync":
+            self._check_sync(step)
         step.cycle_targets.extend(as_list(cycle_to))
         last = self._last
         self._register(step)
@@ -228,6 +230,19 @@ class Graph:
                     f"step '{step.name}': Can't find shared model named {name} (declare it first with add_shared_model)"
                 )
 
+    def _check_sync(self, step: Step) -> None:
+        """MLRun's sync flow runs one chain of steps: no model runners, no branches or joins."""
+        if isinstance(step, ModelRunnerStep):
+            raise GraphError(
+                f"step '{step.name}': a ModelRunnerStep can only be added to a graph with the async engine"
+            )
+        taken = [parent for parent in step.after if any(parent in other.after for other in self.steps.values())]
+        if len(step.after) > 1 or taken:
+            raise GraphError(
+                f"step '{step.name}': the sync engine runs one chain of steps, without branches or joins; "
+                "use engine='async'"
+            )
+
     def _check_acyclic(self) -> None:
         """A cycle is refused as it is made, as in MLRun, unless the graph allows loops."""
         cycle = None if self.allow_cyclic else self.find_cycle()
@@ -255,7 +270,9 @@ class Graph:
         return result
 
     def roots(self) -> list[str]:
-        return [name for name, step in self.steps.items() if not step.after]
+        """Steps the input enters: those after no other step, except steps that only handle errors."""
+        handlers = {step.on_error for step in self.steps.values()} | {self.on_error}
+        return [name for name, step in self.steps.items() if not step.after and name not in handlers]
 
     def responder(self) -> Step | None:
         return next((step for step in self.steps.values() if step.responder), None)
@@ -271,14 +288,17 @@ class Graph:
             for target in step.cycle_targets:
                 if target not in self.steps:
                     raise GraphError(f"step '{step.name}': cycle_to names unknown step '{target}'")
-            if step.on_error and step.on_error not in self.error_handlers:
+            if step.on_error and step.on_error not in self.error_handlers and step.on_error not in self.steps:
                 raise GraphError(f"step '{step.name}': unknown error handler '{step.on_error}'")
         for handler in self.error_handlers.values():
             for target in handler.before:
                 if target not in self.steps:
                     raise GraphError(f"error handler '{handler.name}': before names unknown step '{target}'")
-        if not self.roots():
+        roots = self.roots()
+        if not roots:
             raise GraphError(f"graph '{self.name}' has no entry step: every step comes after another")
+        if self.engine == "sync" and len(roots) > 1:
+            raise GraphError(f"graph '{self.name}': the sync engine runs one chain of steps, but {roots} all start one")
         for name, (step, endpoint) in self.endpoints().items():
             if endpoint.shared_model_name and endpoint.shared_model_name not in self.shared_models:
                 raise GraphError(

@@ -88,8 +88,12 @@ class Step:
     ) -> Step:
         """Run a handler step when this step raises; it gets the event with `error` and `origin_state`.
 
-        Without `before` the handler's output is the response; with it, the flow goes on there.
+        Without `before` the handler's output is the response; with it, the flow goes on there. Only a
+        `name` (MLRun's older form) names a step of the graph, added before or after, as the handler.
         """
+        if class_name is None and handler is None and name:
+            self.on_error = name
+            return self
         step = self._owner().add_error_handler(class_name, name=name, handler=handler, before=before, **kwargs)
         self.on_error = step.name
         return self
