@@ -289,3 +289,141 @@ def test_an_error_handler_named_by_a_step_of_the_graph():
     with graph.to_mock_server() as mock:
         response = mock.test(body=[])
     assert response["origin_state"] == "raiser" and "cannot take ['s1']" in response["error"]
+
+
+# -- 4. model artifacts and model objects -----------------------------------------------------------
+
+
+class Remote(sg.Model):
+    """Model code as MLRun users write it: reads its artifact's url and default config."""
+
+    def predict(self, body, **kwargs):
+        return {**body, "url": self.model_artifact.model_url, "config": self.model_artifact.default_config}
+
+
+class FromFile(sg.Model):
+    def load(self):
+        path, self.extra = self.get_local_model_path(suffix=".txt")
+        with open(path) as file:
+            self.weights = file.read()
+
+    def predict(self, body):
+        return {"weights": self.weights, "extra": self.extra}
+
+
+def test_model_code_reads_url_and_default_config_from_its_artifact():
+    artifact = sg.ModelArtifact(model_url="http://models/infer", default_config={"version": "4"})
+    runner = sg.ModelRunnerStep(name="models")
+    runner.add_model("remote", Remote, execution_mechanism="naive", model_artifact=artifact)
+    graph = sg.Graph("remote")
+    graph.to(runner).respond()
+    with graph.to_mock_server() as mock:
+        assert mock.test(body={"q": 1}) == {"q": 1, "url": "http://models/infer", "config": {"version": "4"}}
+
+
+def test_get_local_model_path_finds_the_model_file(tmp_path):
+    (tmp_path / "model.txt").write_text("123")
+    artifact = sg.ModelArtifact(str(tmp_path), extra_data={"labels": ["a"]})
+    runner = sg.ModelRunnerStep(name="models").add_model(
+        "m", FromFile, execution_mechanism="naive", model_artifact=artifact
+    )
+    graph = sg.Graph("files")
+    graph.to(runner).respond()
+    with graph.to_mock_server() as mock:
+        assert mock.test(body={}) == {"weights": "123", "extra": {"labels": ["a"]}}
+    assert sg.ModelArtifact(str(tmp_path), model_file="model.txt").uri == str(tmp_path)
+
+
+def test_a_model_object_is_rebuilt_from_its_arguments_wherever_it_runs():
+    runner = sg.ModelRunnerStep(name="models")
+    runner.add_model("m1", Bump(name="m1", by=5), execution_mechanism="naive")
+    runner.add_model("m2", Bump(name="m2", by=7), execution_mechanism="thread_pool")
+    graph = sg.Graph("objects")
+    graph.to(runner).respond()
+    with graph.to_mock_server() as mock:
+        assert mock.test(body={"n": 0}) == {"m1": {"n": 5}, "m2": {"n": 7}}
+    with pytest.raises(sg.GraphError, match="Inconsistent name"):
+        runner.add_model("m3", Bump(name="other"), execution_mechanism="naive")
+    with pytest.raises(sg.GraphError, match="comes with its own arguments"):
+        runner.add_model("m4", Bump(name="m4"), execution_mechanism="naive", by=1)
+    assert not Bump(name="x").is_streaming()
+
+
+# -- 5. LLModel -------------------------------------------------------------------------------------
+
+
+def capital_prompt(model: sg.ModelArtifact | None = None, legend: dict | None = None) -> sg.LLMPromptArtifact:
+    return sg.LLMPromptArtifact(
+        model_artifact=model,
+        prompt_template=[{"role": "user", "content": "What is the capital city of {country}?"}],
+        prompt_legend=legend if legend is not None else {"country": {"field": None, "description": "a country"}},
+        invocation_config={"temperature": 0.5},
+    )
+
+
+class Inspecting(sg.LLModel):
+    """Overrides predict, as MLRun users do: gets the request already built."""
+
+    def predict(self, body, **kwargs):
+        return {"messages": kwargs.get("messages"), "config": kwargs.get("invocation_config")}
+
+
+def llm_graph(model_class, artifact, mechanism="naive") -> sg.Graph:
+    runner = sg.ModelRunnerStep(name="llm")
+    runner.add_model("chat", model_class, execution_mechanism=mechanism, model_artifact=artifact, result_path="outputs")
+    graph = sg.Graph("llm")
+    graph.to(runner).respond()
+    return graph
+
+
+def test_an_llmodel_subclass_gets_messages_and_invocation_config():
+    with llm_graph(Inspecting, capital_prompt(sg.ModelArtifact("mock://any"))).to_mock_server() as mock:
+        out = mock.test(body={"country": "France"})["outputs"]
+    assert out == {
+        "messages": [{"role": "user", "content": "What is the capital city of France?"}],
+        "config": {"temperature": 0.5},
+    }
+
+
+@pytest.mark.parametrize(
+    "legend",
+    [
+        None,
+        {"country": {"field": None, "description": "a country"}},
+        {"country": {"field": "not-there"}, "unused": {"field": "country"}},
+        {"country": {"field": "state"}},
+    ],
+)
+def test_prompt_legends_as_mlrun_documents_them(legend):
+    prompt = capital_prompt(sg.ModelArtifact("mock://any"), legend=legend)
+    body = {"country": "France", "state": "Israel"}
+    expected = "Israel" if legend and legend["country"].get("field") == "state" else "France"
+    assert prompt.render(body)[0]["content"] == f"What is the capital city of {expected}?"
+
+
+@pytest.mark.parametrize("mechanism", ["naive", "asyncio"])
+def test_the_mock_provider_answers_without_a_model(mechanism):
+    with llm_graph(sg.LLModel, capital_prompt(sg.ModelArtifact("mock://my-model")), mechanism).to_mock_server() as mock:
+        out = mock.test(body={"country": "France"})["outputs"]
+    assert out == {
+        "answer": "You are using a mock model provider, no actual inference is performed.",
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+    }
+
+
+def test_a_prompt_with_no_model_behind_it_is_refused_unless_predict_is_overridden():
+    with pytest.raises(sg.ModelRunnerError, match="Model provider could not be determined for model 'chat'"):
+        llm_graph(sg.LLModel, capital_prompt()).to_mock_server().start()
+    with llm_graph(Inspecting, capital_prompt()).to_mock_server() as mock:
+        assert mock.test(body={"country": "Peru"})["outputs"]["messages"][0]["content"].endswith("Peru?")
+
+
+def test_enrich_prompt_builds_one_request_or_a_batch():
+    model = sg.LLModel(name="m", input_path="data")
+    prompt = capital_prompt()
+    one, config = model.enrich_prompt({"data": {"country": "Chile"}}, "m", prompt)
+    assert one == [{"role": "user", "content": "What is the capital city of Chile?"}] and config == {"temperature": 0.5}
+    batch, _ = model.enrich_prompt({"data": [{"country": "A"}, {"country": "B"}]}, "m", prompt)
+    assert [messages[0]["content"][-2:] for messages in batch] == ["A?", "B?"]
+    own, _ = model.enrich_prompt({"data": [{"messages": [{"role": "user", "content": "hi"}]}]}, "m", None)
+    assert own == [[{"role": "user", "content": "hi"}]]

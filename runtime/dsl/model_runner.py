@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import GraphError
 from ..imports import object_path, resolve
 from ..models.artifacts import ModelArtifact, as_artifact
+from ..models.base import Model
 from ..models.spec import EXECUTION_MECHANISMS, ModelSpec
 from .steps import Step
 
@@ -127,6 +128,10 @@ class ModelRunnerStep(Step):
                 f"add_model('{endpoint_name}'): execution_mechanism is required: "
                 f"one of {', '.join(EXECUTION_MECHANISMS)}"
             )
+        if isinstance(model_class, Model):
+            model_class, model_parameters, model_artifact = from_instance(
+                endpoint_name, model_class, model_parameters, model_artifact
+            )
         model = ModelSpec(
             endpoint_name, model_class, execution_mechanism, as_artifact(model_artifact), model_parameters
         )
@@ -196,6 +201,23 @@ class ModelRunnerStep(Step):
             step._add(Endpoint.from_dict(endpoint_name, endpoint))
         step.configure_pool_resource(**pool)
         return step
+
+
+def from_instance(
+    name: str, model: Model, parameters: dict[str, Any], artifact: ModelArtifact | str | None
+) -> tuple[type, dict[str, Any], ModelArtifact | str | None]:
+    """A model given as an instance (MLRun's ``add_model(model_class=MyModel(name=..., inc=1))``): its class
+    and the keyword arguments it was built with, so each process that hosts it builds its own."""
+    args, kwargs = model.init_arguments
+    if parameters or args:
+        raise GraphError(
+            f"add_model('{name}'): a model object comes with its own arguments, by keyword only; "
+            "pass model parameters to add_model with a model class instead"
+        )
+    if model.name != name:
+        raise GraphError(f"add_model('{name}'): Inconsistent name for model added to ModelRunnerStep ('{model.name}')")
+    kwargs = {key: value for key, value in kwargs.items() if key != "name"}
+    return type(model), kwargs, kwargs.pop("model_artifact", None) or artifact
 
 
 def _class_of(obj: Any) -> type:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -33,8 +35,38 @@ class Model:
     async def predict_async(self, body: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not implement predict_async()")
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Model:
+        instance = super().__new__(cls)
+        instance.init_arguments = (args, kwargs)  # what `add_model(model_class=instance)` rebuilds it from
+        return instance
+
     def get_param(self, key: str, default: Any = None) -> Any:
         return self.parameters.get(key, default)
+
+    def predict_arguments(self, body: Any, model_artifact: ModelArtifact | None) -> dict[str, Any]:
+        """Keyword arguments for predict beyond the body, for this call (a shared model gets its proxy's
+        artifact); `LLModel` passes the rendered ``messages`` and ``invocation_config``."""
+        return {}
+
+    def is_streaming(self) -> bool:
+        """Whether predict streams (is a generator), as MLRun's ``Model.is_streaming``."""
+        return inspect.isgeneratorfunction(self.predict) or inspect.isasyncgenfunction(self.predict_async)
+
+    def get_local_model_path(self, suffix: str = "") -> tuple[str | None, dict[str, Any]]:
+        """MLRun's helper: the local path of the model file and the artifact's extra data.
+
+        The artifact's URI is a file or a directory; in a directory its ``model_file``, else the first
+        file ending with `suffix`. Remote stores are MLRun's platform and out of scope.
+        """
+        artifact = getattr(self.model_artifact, "model_artifact", None) or self.model_artifact
+        if artifact is None or artifact.uri is None:
+            return None, {}
+        path = Path(artifact.uri)
+        if artifact.meta.get("model_file"):
+            path = path / artifact.meta["model_file"]
+        elif path.is_dir():
+            path = next((item for item in sorted(path.iterdir()) if item.name.endswith(suffix)), path)
+        return str(path), dict(artifact.meta.get("extra_data") or {})
 
     @classmethod
     def cannot_serve(cls, name: str, execution_mechanism: str, model_artifact: ModelArtifact | None) -> str | None:

@@ -27,6 +27,7 @@ class HostedModel:
         self.method: Callable[..., Any] = getattr(self.instance, prediction_method(spec))
         self.streams = streams(spec)
         self.takes_proxy = _accepts(self.method, "endpoint") and _accepts(self.method, "model_artifact")
+        self.takes = _accepts_all(self.method)
         self.preprocess = getattr(self.instance, "preprocess", None)
         self.postprocess = getattr(self.instance, "postprocess", None)
         self.join = getattr(self.instance, "join_chunks", list)
@@ -41,9 +42,13 @@ class HostedModel:
     def _arguments(self, body: Any, endpoint: str | None) -> tuple[Any, dict[str, Any]]:
         if self.preprocess is not None:
             body = self.preprocess(body)
+        artifact = self.proxies.get(endpoint) if endpoint in self.proxies else None
+        kwargs = {
+            key: value for key, value in self.instance.predict_arguments(body, artifact).items() if self.takes(key)
+        }
         if endpoint in self.proxies and self.takes_proxy:
-            return body, {"endpoint": endpoint, "model_artifact": self.proxies[endpoint]}
-        return body, {}
+            kwargs = {"endpoint": endpoint, "model_artifact": artifact, **kwargs}
+        return body, kwargs
 
     def _finish(self, result: Any) -> Any:
         return self.postprocess(result) if self.postprocess is not None else result
@@ -106,3 +111,12 @@ def streams(spec: ModelSpec) -> bool:
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
     params = inspect.signature(fn).parameters.values()
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _accepts_all(fn: Callable[..., Any]) -> Callable[[str], bool]:
+    """Whether `fn` takes a keyword, decided once: everything under ``**kwargs``, else its named parameters."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return lambda name: True
+    names = {p.name for p in params}
+    return names.__contains__
