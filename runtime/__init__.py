@@ -31,8 +31,8 @@ from .errors import (
 if TYPE_CHECKING:
     from .dsl.event import Event
     from .dsl.graph import Graph
-    from .dsl.model_runner import EndpointName, ModelRunnerStep, ModelSelector
-    from .dsl.steps import COMPLETE, Choice, RouterStep, Step, TaskStep
+    from .dsl.model_runner import EndpointName, ModelRunnerSelector, ModelRunnerStep, ModelSelector
+    from .dsl.steps import COMPLETE, Choice, ChoiceByField, RouterStep, Step, TaskStep
     from .engine.callables import Context
     from .engine.engine import Engine
     from .models.artifacts import LLMPromptArtifact, ModelArtifact
@@ -45,6 +45,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "COMPLETE": "servegraph.dsl.steps",
     "Choice": "servegraph.dsl.steps",
+    "ChoiceByField": "servegraph.dsl.steps",
     "Context": "servegraph.engine.callables",
     "EndpointName": "servegraph.dsl.model_runner",
     "Engine": "servegraph.engine.engine",
@@ -55,6 +56,7 @@ _LAZY = {
     "MockServer": "servegraph.serving.mock",
     "Model": "servegraph.models.base",
     "ModelArtifact": "servegraph.models.artifacts",
+    "ModelRunnerSelector": "servegraph.dsl.model_runner",
     "ModelRunnerStep": "servegraph.dsl.model_runner",
     "ModelSelector": "servegraph.dsl.model_runner",
     "RouterStep": "servegraph.dsl.steps",

@@ -427,3 +427,107 @@ def test_enrich_prompt_builds_one_request_or_a_batch():
     assert [messages[0]["content"][-2:] for messages in batch] == ["A?", "B?"]
     own, _ = model.enrich_prompt({"data": [{"messages": [{"role": "user", "content": "hi"}]}]}, "m", None)
     assert own == [[{"role": "user", "content": "hi"}]]
+
+
+# -- 8. graph building ------------------------------------------------------------------------------
+
+
+class Count(sg.Model):
+    def predict(self, body):
+        return {**body, "counter": body["counter"] + 1}
+
+
+class Tool:
+    def __init__(self, name):
+        self.name = name
+
+    def do(self, body):
+        return {**body, self.name: body.get(self.name, 0) + 1}
+
+
+class ToolPicker(sg.ModelRunnerSelector):
+    """Picks the steps after the runner from its output, as an agent picks tools."""
+
+    def select_outlets(self, event):
+        count = event["counter"]
+        return ["tool_a"] if count < 3 else ["tool_b"] if count < 5 else ["end"]
+
+
+def test_a_model_runner_selector_chooses_the_steps_after_the_runner():
+    graph = sg.Graph("agent", allow_cyclic=True)
+    runner = sg.ModelRunnerStep(name="llm", model_runner_selector="ToolPicker")
+    runner.add_model("counter", Count, execution_mechanism="naive")
+    step = graph.to(runner)
+    step.to(Tool, name="tool_a", cycle_to="llm")
+    step.to(Tool, name="tool_b", cycle_to="llm")
+    step.to(Tool, name="end").respond()
+    with graph.to_mock_server() as mock:
+        assert mock.test(body={"counter": 0}) == {"counter": 5, "tool_a": 2, "tool_b": 2, "end": 1}
+
+
+def test_choice_by_field_routes_by_a_body_field():
+    choice = sg.ChoiceByField("to")
+    assert choice.select_outlets({"to": "a"}) == ["a"]
+    assert choice.select_outlets({"to": ("a", "b")}) == ("a", "b")
+    for body, message in [
+        ({"x": 1}, r"Field 'to' is not contained in the event keys \['x'\]"),
+        ({"to": None}, "exists but its value is None"),
+        ({"to": 3}, "must be a string or list of strings but is instead of type 'int'"),
+        ({"to": []}, "cannot be an empty list"),
+    ]:
+        with pytest.raises(sg.InvalidArgument, match=message):
+            choice.select_outlets(body)
+
+
+def test_insertion_with_before_insert_step_after_step_and_set_flow():
+    graph = sg.Graph("inserted", engine="sync")
+    graph.add_step(Append, name="s2")
+    graph.add_step(Append, name="s1", before="s2")
+    graph.add_step(Append, name="s4", after="s2")
+    graph.insert_step("s3", sg.TaskStep("s3", class_name=Append), after="s2", before="s4")
+    with graph.to_mock_server() as mock:
+        assert mock.test(body=[]) == ["s1", "s2", "s3", "s4"]
+
+    joined = sg.Graph("joined")
+    first = joined.to(name="double", handler="(event * 2)")
+    first.to(name="plus2", handler="(event + 2)")
+    first.to(name="plus3", handler="(event + 3)")
+    gather = joined.add_step(Tagger, name="gather").after_step("plus2", "plus3")
+    assert gather.after == ["plus2", "plus3"]
+
+    runner = sg.ModelRunnerStep(name="models").add_model("m", Bump, execution_mechanism="naive")
+    flow = sg.Graph("flow")
+    flow.set_flow([runner]).respond()
+    assert flow.model_endpoints_names == ["m"]
+    with flow.to_mock_server() as mock:
+        assert mock.test(body={"n": 1}) == {"n": 2}
+
+
+# -- the compatibility entry point ------------------------------------------------------------------
+
+
+def test_an_mlrun_function_maps_onto_a_graph():
+    from servegraph.compat import mlrun
+
+    fn = mlrun.new_function("tests", kind="serving")
+    graph = fn.set_topology("flow", engine="sync")
+    graph.to(name="s1", handler="(event + 1)").to(name="s2", handler="json.dumps")
+    server = fn.to_mock_server()
+    assert server.test(body=5) == "6"
+    server.wait_for_completion()
+
+    graph = fn.set_topology("flow", exist_ok=True)
+    graph.to(Fails, name="fails").respond()
+    server = fn.to_mock_server()
+    with pytest.raises(RuntimeError, match=r"failed \(400\): step 'fails' failed: ValueError: cannot take 1"):
+        server.test(body=1)
+    assert server.test(body=1, silent=True).status_code == 400
+    server.wait_for_completion()
+
+    graph = fn.set_topology("flow", exist_ok=True)
+    graph.to(Doubler, name="pre").to("*", name="router").respond()
+    fn.add_model("m1", class_name="Doubler")
+    assert graph.model_endpoints_routes_names == ["m1"]
+    server = fn.to_mock_server()
+    assert server.test("/m1", body=2) == 8
+    server.wait_for_completion()

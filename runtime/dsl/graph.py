@@ -79,9 +79,11 @@ class Graph:
         result_path: str | None = None,
         max_iterations: int | None = None,
         cycle_to: str | list[str] | None = None,
+        before: str | None = None,
         **class_args: Any,
     ) -> Step:
-        """Add a step after `after` (a name, names, or "$prev"); without `after` it is a root.
+        """Add a step after `after` (a name, names, or "$prev"); without `after` it is a root. With
+        `before`, MLRun's insertion: the new step takes that step's place and the step runs after it.
 
         `class_name` is a class with ``do(body)``, its import path, an instance, or a Step object;
         `handler` is a function or its import path (or, with a class, the method to call).
@@ -105,8 +107,10 @@ class Graph:
             options = {key: value for key, value in options.items() if value is not None}
             step = _make_step(class_name, name, handler, class_args, options, self.namespace)
         step.after = parents or step.after
+        if before is not None:
+            step.after = list(self[before].after)
         if self.engine == "sync":
-            self._check_sync(step)
+            self._check_sync(step, before)
         step.cycle_targets.extend(as_list(cycle_to))
         last = self._last
         self._register(step)
@@ -116,7 +120,33 @@ class Graph:
             del self.steps[step.name]
             step.graph, self._last = None, last
             raise
+        if before is not None:
+            self[before].after = [step.name]
         return step
+
+    def insert_step(self, key: str, step: Step, after: str | None = None, before: str | None = None) -> Step:
+        """Add a step object named `key` after `after` and, with `before`, ahead of that step (MLRun's)."""
+        return self.add_step(step, name=key, after=after, before=before)
+
+    def set_flow(self, steps: list[Any]) -> Step:
+        """Chain `steps` (step objects, classes or names) one after another from the graph's input; the
+        last one is returned, as MLRun's set_flow."""
+        last = None
+        for step in steps:
+            last = self.add_step(step, after=last.name if last else None)
+        if last is None:
+            raise GraphError(f"graph '{self.name}': set_flow needs at least one step")
+        return last
+
+    @property
+    def model_endpoints_names(self) -> list[str]:
+        """The model endpoints of the graph's ModelRunnerSteps, in order (MLRun's name)."""
+        return [name for step in self.steps.values() if isinstance(step, ModelRunnerStep) for name in step.endpoints]
+
+    @property
+    def model_endpoints_routes_names(self) -> list[str]:
+        """The routes of the graph's RouterSteps, in order (MLRun's name)."""
+        return [name for step in self.steps.values() if isinstance(step, RouterStep) for name in step.routes]
 
     def error_handler(
         self,
@@ -230,13 +260,14 @@ class Graph:
                     f"step '{step.name}': Can't find shared model named {name} (declare it first with add_shared_model)"
                 )
 
-    def _check_sync(self, step: Step) -> None:
+    def _check_sync(self, step: Step, before: str | None) -> None:
         """MLRun's sync flow runs one chain of steps: no model runners, no branches or joins."""
         if isinstance(step, ModelRunnerStep):
             raise GraphError(
                 f"step '{step.name}': a ModelRunnerStep can only be added to a graph with the async engine"
             )
-        taken = [parent for parent in step.after if any(parent in other.after for other in self.steps.values())]
+        others = [other for other in self.steps.values() if other.name != before]
+        taken = [parent for parent in step.after if any(parent in other.after for other in others)]
         if len(step.after) > 1 or taken:
             raise GraphError(
                 f"step '{step.name}': the sync engine runs one chain of steps, without branches or joins; "

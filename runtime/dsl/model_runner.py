@@ -44,6 +44,21 @@ class ModelSelector:
         return None
 
 
+class ModelRunnerSelector:
+    """Chooses per event the models of a ModelRunnerStep and the steps after it (MLRun's ModelRunnerSelector).
+
+    `select_models` gets the event and the endpoint names and returns names to run (None: all);
+    `select_outlets` gets the runner's output body and returns the next steps' names, or "Complete"
+    (None: every outlet).
+    """
+
+    def select_models(self, event: Any, available_models: list[EndpointName]) -> Iterable[str] | None:
+        return None
+
+    def select_outlets(self, event: Any) -> Iterable[str] | None:
+        return None
+
+
 @dataclass
 class Endpoint:
     """A model endpoint of a ModelRunnerStep: its own model, or a proxy to a shared model."""
@@ -82,6 +97,9 @@ class Endpoint:
 class ModelRunnerStep(Step):
     """Runs the models a selector picks for each event, concurrently, each where it runs best.
 
+    The selector is a `ModelSelector` or (``model_runner_selector=``) a `ModelRunnerSelector`, which
+    also picks the steps after the runner: a class, an instance, or its name.
+
     One selected model: its result is the body. Several: ``{endpoint_name: result}``. With
     ``raise_exception=False`` a failing model gives ``{"error": "Type: message"}`` instead of
     failing the event.
@@ -94,9 +112,13 @@ class ModelRunnerStep(Step):
         name: str | None = None,
         model_selector: Any = None,
         raise_exception: bool = True,
+        model_runner_selector: Any = None,
         **options: Any,
     ):
         super().__init__(name, **options)
+        if model_selector is not None and model_runner_selector is not None:
+            raise GraphError(f"step '{self.name}': give model_selector or model_runner_selector, not both")
+        model_selector = model_runner_selector if model_runner_selector is not None else model_selector
         self.model_selector = model_selector
         self.raise_exception = raise_exception
         self.endpoints: dict[str, Endpoint] = {}

@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import GraphError
+from ..errors import GraphError, InvalidArgument
 from ..imports import Expression, object_path, resolve, resolve_handler
 
 if TYPE_CHECKING:
@@ -60,6 +60,19 @@ class Step:
         """Add a step that runs after this one and return it, so calls chain."""
         kwargs.setdefault("after", self.name)
         return self._owner().add_step(class_name, name=name, handler=handler, **kwargs)
+
+    def after_step(self, *names: str, append: bool = True) -> Step:
+        """Run this step after `names` too (or, ``append=False``, after them only), as MLRun's after_step."""
+        graph = self._owner()
+        parents = [graph._resolve_parent(name) for name in names]
+        previous = list(self.after)
+        self.after = [*previous, *(p for p in parents if p not in previous)] if append else parents
+        try:
+            graph._check_acyclic()
+        except GraphError:
+            self.after = previous
+            raise
+        return self
 
     def respond(self) -> Step:
         """Make this step's output the response to the caller."""
@@ -241,6 +254,28 @@ class Choice:
 
     def select_outlets(self, event: Any) -> list[str] | None:
         raise NotImplementedError(f"{type(self).__name__} must override select_outlets(event)")
+
+
+class ChoiceByField(Choice):
+    """Routes each event to the outlets named in one of its body's fields (MLRun's ChoiceByField)."""
+
+    def __init__(self, field_name: str, **_: Any):
+        self.field_name = field_name
+
+    def select_outlets(self, event: Any) -> Any:
+        if self.field_name not in event:
+            raise InvalidArgument(f"Field '{self.field_name}' is not contained in the event keys {list(event)}.")
+        outlets = event[self.field_name]
+        if outlets is None:
+            raise InvalidArgument(f"Field '{self.field_name}' exists but its value is None.")
+        if not isinstance(outlets, str | list | tuple):
+            raise InvalidArgument(
+                f"Field '{self.field_name}' must be a string or list of strings but is instead of type "
+                f"'{type(outlets).__name__}'."
+            )
+        if not outlets:
+            raise InvalidArgument(f"The value of the key '{self.field_name}' cannot be an empty list.")
+        return [outlets] if isinstance(outlets, str) else outlets
 
 
 def default_name(class_name: Any, handler: Any) -> str:

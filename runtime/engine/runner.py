@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from ..dsl.event import Event, get_path, set_path, split_path
-from ..dsl.model_runner import ModelRunnerStep, ModelSelector
+from ..dsl.model_runner import ModelRunnerSelector, ModelRunnerStep, ModelSelector
 from ..errors import ModelError, ServingError, describe, status_of
 from ..hosting.endpoints import ModelEndpoint
 from .callables import Context
@@ -121,6 +121,8 @@ class ModelRunnerNode(Node):
         self.calls = calls
         self.raise_exception = step.raise_exception
         self.selector = _selector(step.model_selector)
+        if isinstance(self.selector, ModelRunnerSelector):
+            self.select_outlets = self.selector.select_outlets
         self.targets = {endpoint.name: _Target(endpoint) for endpoint in endpoints}
         self.available = [endpoint.selector_name() for endpoint in endpoints]
         self.can_stream = any(target.streams for target in self.targets.values())
@@ -167,7 +169,8 @@ class ModelRunnerNode(Node):
         """The models to run: the selector sees the whole event (body, id, path, headers), as in MLRun."""
         if self.selector is None:
             return list(self.targets.values())
-        chosen = self.selector.select(event, list(self.available))
+        select = self.selector.select_models if isinstance(self.selector, ModelRunnerSelector) else self.selector.select
+        chosen = select(event, list(self.available))
         if inspect.isawaitable(chosen):
             chosen = await chosen
         if chosen is None:
@@ -182,7 +185,7 @@ class ModelRunnerNode(Node):
         return [self.targets[name] for name in names]
 
 
-def _selector(selector: Any) -> ModelSelector | None:
+def _selector(selector: Any) -> ModelSelector | ModelRunnerSelector | None:
     if inspect.isclass(selector):
         selector = selector()
     return selector
