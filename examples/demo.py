@@ -35,8 +35,8 @@ def guardrail(body: dict) -> dict:
 class TopicSelector(sg.ModelSelector):
     """Sport questions go to the sport prompt, everything else to the finance prompt."""
 
-    def select(self, event: dict, available_models: list[sg.EndpointName]) -> list[str]:
-        return ["sport"] if SPORT.search(event["question"]) else ["finance"]
+    def select(self, event: sg.Event, available_models: list[sg.EndpointName]) -> list[str]:
+        return ["sport"] if SPORT.search(event.body["question"]) else ["finance"]
 
 
 def output_filter(body: dict) -> object:

@@ -21,6 +21,7 @@ from .errors import (
     GraphError,
     InvalidArgument,
     MaxIterationsError,
+    ModelRunnerError,
     NotFound,
     ResourceExhausted,
     ServingError,
@@ -31,8 +32,8 @@ from .errors import (
 if TYPE_CHECKING:
     from .dsl.event import Event
     from .dsl.graph import Graph
-    from .dsl.model_runner import EndpointName, ModelRunnerStep, ModelSelector
-    from .dsl.steps import COMPLETE, Choice, RouterStep, Step, TaskStep
+    from .dsl.model_runner import EndpointName, ModelRunnerSelector, ModelRunnerStep, ModelSelector
+    from .dsl.steps import COMPLETE, Choice, ChoiceByField, RouterStep, Step, TaskStep
     from .engine.callables import Context
     from .engine.engine import Engine
     from .models.artifacts import LLMPromptArtifact, ModelArtifact
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "COMPLETE": "servegraph.dsl.steps",
     "Choice": "servegraph.dsl.steps",
+    "ChoiceByField": "servegraph.dsl.steps",
     "Context": "servegraph.engine.callables",
     "EndpointName": "servegraph.dsl.model_runner",
     "Engine": "servegraph.engine.engine",
@@ -55,6 +57,7 @@ _LAZY = {
     "MockServer": "servegraph.serving.mock",
     "Model": "servegraph.models.base",
     "ModelArtifact": "servegraph.models.artifacts",
+    "ModelRunnerSelector": "servegraph.dsl.model_runner",
     "ModelRunnerStep": "servegraph.dsl.model_runner",
     "ModelSelector": "servegraph.dsl.model_runner",
     "RouterStep": "servegraph.dsl.steps",
@@ -67,6 +70,7 @@ __all__ = [
     "GraphError",
     "InvalidArgument",
     "MaxIterationsError",
+    "ModelRunnerError",
     "NotFound",
     "ResourceExhausted",
     "ServingError",

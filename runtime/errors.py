@@ -11,6 +11,15 @@ class GraphError(ValueError):
     """A graph that cannot be built: raised while building or validating, never while serving."""
 
 
+class ModelRunnerError(GraphError, RuntimeError):
+    """Models that cannot serve as declared, refused when the graph starts (MLRun's ModelRunnerError):
+    `models_errors` maps each such model to why. Also a RuntimeError, the kind MLRun's callers catch."""
+
+    def __init__(self, models_errors: dict[str, str]):
+        self.models_errors = dict(models_errors)
+        super().__init__("; ".join(self.models_errors.values()))
+
+
 class ServingError(Exception):
     """Base of the errors a request can end with; `code` names the status to report."""
 
@@ -67,6 +76,37 @@ def status_of(error: BaseException) -> str:
     if isinstance(error, TimeoutError):
         return "DEADLINE_EXCEEDED"
     return "INTERNAL"
+
+
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "CANCELLED": 499,
+    "INTERNAL": 500,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+"""MLRun's HTTP status numbers for our status names, for code written against MLRun's mock server."""
+
+
+def http_status(error: BaseException) -> int:
+    """The HTTP-style status MLRun reports for a failed request.
+
+    An exception that carries its own number (MLRun's errors have ``error_status_code``) keeps it; any
+    other exception a step raised is 400, as MLRun reports it; servegraph's own errors map by status name.
+    """
+    cause = error.error if isinstance(error, StepError) else error
+    own = getattr(cause, "error_status_code", None) or getattr(cause, "status_code", None)
+    if isinstance(own, int):
+        return own
+    if isinstance(error, StepError) and not isinstance(cause, ServingError):
+        return 400
+    return HTTP_STATUS.get(status_of(error), 500)
 
 
 def describe(error: BaseException) -> str:

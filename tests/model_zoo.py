@@ -168,7 +168,7 @@ class PickByKey(sg.ModelSelector):
     """Runs the models named in ``body["models"]`` (absent: all)."""
 
     def select(self, event, available_models):
-        return event.get("models") if isinstance(event, dict) else None
+        return event.body.get("models") if isinstance(event.body, dict) else None
 
 
 class ByLabel(sg.ModelSelector):
@@ -178,14 +178,14 @@ class ByLabel(sg.ModelSelector):
         self.key = key
 
     def select(self, event, available_models):
-        wanted = event.get(self.key)
+        wanted = event.body.get(self.key)
         return [name for name in available_models if name.labels.get(self.key) == wanted]
 
 
 class AsyncPick(sg.ModelSelector):
     async def select(self, event, available_models):
         await asyncio.sleep(0)
-        return [event["only"]]
+        return [event.body["only"]]
 
 
 class Scale(sg.Model):

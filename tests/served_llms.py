@@ -14,8 +14,8 @@ TINY = os.environ.get("TINY_LLM_DIR", "")
 class PacedLLM(sg.LLModel):
     """The tiny model paced at ~100 tokens/s, so that a test can cancel a stream mid-answer."""
 
-    def predict(self, body, endpoint=None, model_artifact=None):
-        for chunk in super().predict(body, endpoint, model_artifact):
+    def predict(self, body, **kwargs):  # MLRun's form: messages= and invocation_config= arrive built
+        for chunk in super().predict(body, **kwargs):
             time.sleep(0.01)
             yield chunk
 
@@ -35,7 +35,7 @@ def only_text(body: dict) -> object:
 
 class ByTopic(sg.ModelSelector):
     def select(self, event, available_models):
-        return [event.get("topic", "finance")]
+        return [event.body.get("topic", "finance")]
 
 
 chat = sg.Graph("chat")

@@ -49,7 +49,7 @@ class PickByInputs(sg.ModelSelector):
     """The graph as a V2 model runs the doubler."""
 
     def select(self, event, available_models):
-        return [event.get("model", "doubler")] if isinstance(event, dict) else ["doubler"]
+        return [event.body.get("model", "doubler")] if isinstance(event.body, dict) else ["doubler"]
 
 
 graph = sg.Graph("v2graph")

@@ -135,11 +135,16 @@ def test_duplicate_step_names():
         graph.error_handler(name="same", handler=graph_steps.on_error)
 
 
-def test_cycle_without_allow_cyclic():
+def test_cycle_without_allow_cyclic_is_refused_as_it_is_made():
     graph = sg.Graph("g")
-    graph.to(name="a", handler=graph_steps.echo).to(name="b", handler=graph_steps.echo, cycle_to="a")
+    a = graph.to(name="a", handler=graph_steps.echo)
     with pytest.raises(sg.GraphError, match="a -> b -> a"):
-        graph.to_mock_server()
+        a.to(name="b", handler=graph_steps.echo, cycle_to="a")
+    assert list(graph.steps) == ["a"]
+    b = a.to(name="b", handler=graph_steps.echo)
+    with pytest.raises(sg.GraphError, match="cyclic graphs are not allowed, enable allow_cyclic"):
+        b.cycle_to("a")
+    assert b.cycle_targets == []
 
 
 def test_unimportable_class_path():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from pathlib import Path
 
@@ -263,9 +264,18 @@ def test_preprocess_and_postprocess_run_beside_the_model():
 # -- validation -----------------------------------------------------------------------------------
 
 
-def test_asyncio_without_predict_async_is_rejected_at_build():
-    with pytest.raises(sg.GraphError, match=r"'asyncio' needs NoAsync\.predict_async"):
-        sg.ModelRunnerStep(name="r").add_model("m", model_zoo.NoAsync, execution_mechanism="asyncio")
+@pytest.mark.parametrize(
+    ("model", "mechanism", "missing"),
+    [(model_zoo.NoAsync, "asyncio", "predict_async"), (model_zoo.AsyncEcho, "thread_pool", "predict")],
+)
+def test_a_model_without_the_predict_its_mechanism_calls_is_refused_at_start(model, mechanism, missing):
+    graph = sg.Graph("refused")
+    graph.to(sg.ModelRunnerStep(name="r")).respond().add_model("m", model, execution_mechanism=mechanism)
+    mock = graph.to_mock_server()
+    message = f"m is running with {mechanism} execution_mechanism but {missing}() is not implemented"
+    with pytest.raises(sg.ModelRunnerError, match=re.escape(message)) as refused:
+        mock.start()
+    assert isinstance(refused.value, sg.GraphError) and refused.value.models_errors == {"m": message}
 
 
 def test_endpoint_names_are_unique_in_a_step_and_across_the_graph():
@@ -273,11 +283,15 @@ def test_endpoint_names_are_unique_in_a_step_and_across_the_graph():
     with pytest.raises(sg.GraphError, match="already has a model endpoint named 'm'"):
         runner.add_shared_model_proxy("m", shared_model_name="s")
     graph = sg.Graph("dup")
-    graph.to(runner).to(sg.ModelRunnerStep(name="b")).respond().add_model(
-        "m", model_zoo.Echo, execution_mechanism="naive"
-    )
+    second = graph.to(runner).to(sg.ModelRunnerStep(name="b")).respond()
     with pytest.raises(sg.GraphError, match="'m' is declared in steps 'a' and 'b'"):
-        graph.to_mock_server()
+        second.add_model("m", model_zoo.Echo, execution_mechanism="naive")
+    other = sg.ModelRunnerStep(name="c").add_model("m", model_zoo.Echo, execution_mechanism="naive")
+    with pytest.raises(sg.GraphError, match="'m' is declared in steps 'a' and 'c'"):
+        graph.add_step(other, after="b")
+    router = graph.add_step(sg.RouterStep(name="routes"), after="b")
+    with pytest.raises(sg.GraphError, match="'m' is declared in steps 'a' and 'routes'"):
+        router.add_route("m", model_zoo.Echo)
 
 
 def test_an_endpoint_may_not_take_a_shared_model_name():
@@ -319,9 +333,11 @@ def test_bad_model_declarations_are_graph_errors():
         runner.add_shared_model_proxy("p")
     runner.add_shared_model_proxy("p", shared_model_name="missing")
     graph = sg.Graph("bad")
-    graph.to(runner).respond()
-    with pytest.raises(sg.GraphError, match="unknown shared model 'missing'"):
-        graph.to_mock_server()
+    with pytest.raises(sg.GraphError, match="Can't find shared model named missing"):
+        graph.to(runner)
+    attached = graph.to(sg.ModelRunnerStep(name="attached"))
+    with pytest.raises(sg.GraphError, match="Can't find shared model named missing"):
+        attached.add_shared_model_proxy("q", shared_model_name="missing")
 
 
 # -- timeouts -------------------------------------------------------------------------------------

@@ -104,7 +104,13 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             async for chunks in batches:
                 message = worker_pb2.PredictChunks()
                 for chunk in chunks:
-                    _encode_result(chunk, message.chunks.add())
+                    try:
+                        _encode_result(chunk, message.chunks.add())
+                    except ServingError:  # the chunks before it are the caller's still
+                        del message.chunks[-1]
+                        if message.chunks:
+                            yield message
+                        raise
                 yield message
 
     def _model(self, endpoint: str) -> HostedModel:

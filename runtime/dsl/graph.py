@@ -7,18 +7,19 @@ import path, so another process can rebuild it) and renders as Mermaid; `engine.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ..errors import GraphError
-from ..imports import import_object
+from ..imports import resolve, resolve_handler
 from ..models.artifacts import ModelArtifact, as_artifact
 from ..models.spec import ModelSpec
 from ..redact import redacted
 from .kinds import step_class, step_from_dict
 from .model_runner import Endpoint, ModelRunnerStep, SharedModel
-from .steps import Step, TaskStep, as_list
+from .steps import RouterStep, Step, TaskStep, as_list
 
 if TYPE_CHECKING:
     from ..serving.mock import MockServer
@@ -28,7 +29,9 @@ DEFAULT_MAX_ITERATIONS = 100
 
 class Graph:
     """A flow of steps. ``allow_cyclic`` permits loops (`cycle_to`), bounded by ``max_iterations``;
-    ``monitoring=True`` writes a record per model call of every endpoint."""
+    ``monitoring=True`` writes a record per model call of every endpoint. Classes and handlers named
+    without a module (``"Echo"``) are found in `namespace`, else in the globals of the code that adds
+    them, as in MLRun."""
 
     def __init__(
         self,
@@ -38,17 +41,21 @@ class Graph:
         allow_cyclic: bool = False,
         max_iterations: int | None = DEFAULT_MAX_ITERATIONS,
         monitoring: bool = False,
+        namespace: Mapping[str, Any] | None = None,
     ):
+        if engine == "sync" and allow_cyclic:
+            raise GraphError("Cyclic graphs are not supported with sync engine, please use async engine")
         if topology != "flow":
             raise GraphError(f"topology {topology!r} is not supported: use 'flow' (and sg.RouterStep to route)")
         if engine not in ("async", "sync"):
-            raise GraphError(f"engine {engine!r} is not supported: use 'async'")
+            raise GraphError(f"engine {engine!r} is not supported: use 'async' (or MLRun's 'sync' flow)")
         self.name = name
         self.topology = topology
         self.engine = engine
         self.allow_cyclic = allow_cyclic
         self.max_iterations = max_iterations
         self.monitoring = monitoring
+        self.namespace = namespace
         self.steps: dict[str, Step] = {}
         self.error_handlers: dict[str, TaskStep] = {}
         self.on_error: str | None = None
@@ -73,9 +80,11 @@ class Graph:
         result_path: str | None = None,
         max_iterations: int | None = None,
         cycle_to: str | list[str] | None = None,
+        before: str | None = None,
         **class_args: Any,
     ) -> Step:
-        """Add a step after `after` (a name, names, or "$prev"); without `after` it is a root.
+        """Add a step after `after` (a name, names, or "$prev"); without `after` it is a root. With
+        `before`, MLRun's insertion: the new step takes that step's place and the step runs after it.
 
         `class_name` is a class with ``do(body)``, its import path, an instance, or a Step object;
         `handler` is a function or its import path (or, with a class, the method to call).
@@ -97,11 +106,48 @@ class Graph:
                 raise GraphError(f"step '{step.name}' is already in graph '{step.graph.name}'")
         else:
             options = {key: value for key, value in options.items() if value is not None}
-            step = _make_step(class_name, name, handler, class_args, options)
+            step = _make_step(class_name, name, handler, class_args, options, self.namespace)
         step.after = parents or step.after
+        if before is not None:
+            step.after = list(self[before].after)
+        if self.engine == "sync":
+            self._check_sync(step, before)
         step.cycle_targets.extend(as_list(cycle_to))
+        last = self._last
         self._register(step)
+        try:
+            self._check_acyclic()
+        except GraphError:
+            del self.steps[step.name]
+            step.graph, self._last = None, last
+            raise
+        if before is not None:
+            self[before].after = [step.name]
         return step
+
+    def insert_step(self, key: str, step: Step, after: str | None = None, before: str | None = None) -> Step:
+        """Add a step object named `key` after `after` and, with `before`, ahead of that step (MLRun's)."""
+        return self.add_step(step, name=key, after=after, before=before)
+
+    def set_flow(self, steps: list[Any]) -> Step:
+        """Chain `steps` (step objects, classes or names) one after another from the graph's input; the
+        last one is returned, as MLRun's set_flow."""
+        last = None
+        for step in steps:
+            last = self.add_step(step, after=last.name if last else None)
+        if last is None:
+            raise GraphError(f"graph '{self.name}': set_flow needs at least one step")
+        return last
+
+    @property
+    def model_endpoints_names(self) -> list[str]:
+        """The model endpoints of the graph's ModelRunnerSteps, in order (MLRun's name)."""
+        return [name for step in self.steps.values() if isinstance(step, ModelRunnerStep) for name in step.endpoints]
+
+    @property
+    def model_endpoints_routes_names(self) -> list[str]:
+        """The routes of the graph's RouterSteps, in order (MLRun's name)."""
+        return [name for step in self.steps.values() if isinstance(step, RouterStep) for name in step.routes]
 
     def error_handler(
         self,
@@ -133,7 +179,7 @@ class Graph:
     ) -> TaskStep:
         """Declare an error-handler step (used by `error_handler` on the graph and on steps)."""
         options = {"full_event": full_event, "input_path": input_path, "result_path": result_path}
-        step = _make_step(class_name, name, handler, class_args, options, before=before)
+        step = _make_step(class_name, name, handler, class_args, options, self.namespace, before=before)
         if not isinstance(step, TaskStep):
             raise GraphError(f"error handler '{step.name}' must be a function or a class with do()")
         self._check_new_name(step.name)
@@ -192,9 +238,51 @@ class Graph:
 
     def _register(self, step: Step) -> None:
         self._check_new_name(step.name)
+        self._claim(step, endpoint_names(step), shared_model_names(step))
         step.graph = self
         self.steps[step.name] = step
         self._last = step
+
+    def _claim(self, step: Step, names: list[str], shared: list[str]) -> None:
+        """MLRun's checks as endpoints join the graph: model endpoints and routes have names unique
+        across the graph, and a proxy's shared model is already declared."""
+        owners = {
+            name: other.name for other in self.steps.values() if other is not step for name in endpoint_names(other)
+        }
+        for name in names:
+            if name in owners:
+                raise GraphError(
+                    f"model endpoint '{name}' is declared in steps '{owners[name]}' and '{step.name}'; "
+                    "endpoint names must be unique in a graph"
+                )
+        for name in shared:
+            if name not in self.shared_models:
+                raise GraphError(
+                    f"step '{step.name}': Can't find shared model named {name} (declare it first with add_shared_model)"
+                )
+
+    def _check_sync(self, step: Step, before: str | None) -> None:
+        """MLRun's sync flow runs one chain of steps: no model runners, no branches or joins."""
+        if isinstance(step, ModelRunnerStep):
+            raise GraphError(
+                f"step '{step.name}': a ModelRunnerStep can only be added to a graph with the async engine"
+            )
+        others = [other for other in self.steps.values() if other.name != before]
+        taken = [parent for parent in step.after if any(parent in other.after for other in others)]
+        if len(step.after) > 1 or taken:
+            raise GraphError(
+                f"step '{step.name}': the sync engine runs one chain of steps, without branches or joins; "
+                "use engine='async'"
+            )
+
+    def _check_acyclic(self) -> None:
+        """A cycle is refused as it is made, as in MLRun, unless the graph allows loops."""
+        cycle = None if self.allow_cyclic else self.find_cycle()
+        if cycle:
+            raise GraphError(
+                f"graph '{self.name}' has a cycle ({' -> '.join(cycle)}): "
+                "cyclic graphs are not allowed, enable allow_cyclic=True to allow loops"
+            )
 
     def __getitem__(self, name: str) -> Step:
         try:
@@ -214,7 +302,9 @@ class Graph:
         return result
 
     def roots(self) -> list[str]:
-        return [name for name, step in self.steps.items() if not step.after]
+        """Steps the input enters: those after no other step, except steps that only handle errors."""
+        handlers = {step.on_error for step in self.steps.values()} | {self.on_error}
+        return [name for name, step in self.steps.items() if not step.after and name not in handlers]
 
     def responder(self) -> Step | None:
         return next((step for step in self.steps.values() if step.responder), None)
@@ -230,25 +320,23 @@ class Graph:
             for target in step.cycle_targets:
                 if target not in self.steps:
                     raise GraphError(f"step '{step.name}': cycle_to names unknown step '{target}'")
-            if step.on_error and step.on_error not in self.error_handlers:
+            if step.on_error and step.on_error not in self.error_handlers and step.on_error not in self.steps:
                 raise GraphError(f"step '{step.name}': unknown error handler '{step.on_error}'")
         for handler in self.error_handlers.values():
             for target in handler.before:
                 if target not in self.steps:
                     raise GraphError(f"error handler '{handler.name}': before names unknown step '{target}'")
-        if not self.roots():
+        roots = self.roots()
+        if not roots:
             raise GraphError(f"graph '{self.name}' has no entry step: every step comes after another")
+        if self.engine == "sync" and len(roots) > 1:
+            raise GraphError(f"graph '{self.name}': the sync engine runs one chain of steps, but {roots} all start one")
         for name, (step, endpoint) in self.endpoints().items():
             if endpoint.shared_model_name and endpoint.shared_model_name not in self.shared_models:
                 raise GraphError(
                     f"step '{step.name}': proxy '{name}' names unknown shared model '{endpoint.shared_model_name}'"
                 )
-        cycle = self.find_cycle()
-        if cycle and not self.allow_cyclic:
-            raise GraphError(
-                f"graph '{self.name}' has a cycle ({' -> '.join(cycle)}); "
-                "build it with allow_cyclic=True to allow loops"
-            )
+        self._check_acyclic()
 
     def find_cycle(self) -> list[str] | None:
         """One cycle of the graph as a list of step names (first name repeated at the end), or None."""
@@ -351,14 +439,34 @@ def _make_step(
     handler: Any,
     class_args: dict[str, Any],
     options: dict[str, Any],
+    namespace: Mapping[str, Any] | None,
     before: str | list[str] | None = None,
 ) -> Step:
-    """Build the right Step for what the user passed: a Step class or path, or user code."""
+    """Build the right Step for what the user passed: a Step class or name, or user code (named ones
+    looked up in the graph's namespace, else where the graph is built)."""
     target = class_name
     if isinstance(class_name, str):
-        target = step_class(class_name) or import_object(class_name, "class")
+        target = step_class(class_name) or resolve(class_name, "class", namespace)
+    if class_name is None and isinstance(handler, str):
+        handler = resolve_handler(handler, namespace)
     if inspect.isclass(target) and issubclass(target, Step):
         if before:
             raise GraphError(f"before= applies to error handlers, not to {target.__name__}")
         return target(name, **class_args, **options)
     return TaskStep(name, class_name=target, handler=handler, class_args=class_args, before=before, **options)
+
+
+def endpoint_names(step: Step) -> list[str]:
+    """The endpoint names a step declares: a runner's models and proxies, a router's routes."""
+    if isinstance(step, ModelRunnerStep):
+        return list(step.endpoints)
+    if isinstance(step, RouterStep):
+        return list(step.routes)
+    return []
+
+
+def shared_model_names(step: Step) -> list[str]:
+    """The shared models a runner's proxies use."""
+    if not isinstance(step, ModelRunnerStep):
+        return []
+    return [endpoint.shared_model_name for endpoint in step.endpoints.values() if endpoint.shared_model_name]

@@ -12,7 +12,10 @@ STEP_KINDS: dict[str, type[Step]] = {cls.kind: cls for cls in (TaskStep, RouterS
 
 
 def step_class(class_name: str) -> type[Step] | None:
-    """A built-in step class named by its class name (``"ModelRunnerStep"``), as `add_step` accepts."""
+    """A built-in step class named by its class name (``"ModelRunnerStep"``), or ``"*"`` for a router
+    (MLRun's shorthand), as `add_step` accepts."""
+    if class_name == "*":
+        return RouterStep
     return next((cls for cls in STEP_KINDS.values() if cls.__name__ == class_name), None)
 
 

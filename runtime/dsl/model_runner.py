@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import GraphError
-from ..imports import import_object, object_path
+from ..imports import object_path, resolve
 from ..models.artifacts import ModelArtifact, as_artifact
+from ..models.base import Model
 from ..models.spec import EXECUTION_MECHANISMS, ModelSpec
 from .steps import Step
 
@@ -34,11 +35,27 @@ class EndpointName(str):
 class ModelSelector:
     """Chooses which of a ModelRunnerStep's models run for an event.
 
-    `select` gets the event body and the endpoint names (strings that also carry ``labels``) and
-    returns names to run, or None for all; an empty list runs none.
+    `select` gets the event (``.body``, ``.id``, ``.path``, ``.headers``, as in MLRun) and the endpoint
+    names (strings that also carry ``labels``) and returns names to run, or None for all; an empty list
+    runs none.
     """
 
     def select(self, event: Any, available_models: list[EndpointName]) -> Iterable[str] | None:
+        return None
+
+
+class ModelRunnerSelector:
+    """Chooses per event the models of a ModelRunnerStep and the steps after it (MLRun's ModelRunnerSelector).
+
+    `select_models` gets the event and the endpoint names and returns names to run (None: all);
+    `select_outlets` gets the runner's output body and returns the next steps' names, or "Complete"
+    (None: every outlet).
+    """
+
+    def select_models(self, event: Any, available_models: list[EndpointName]) -> Iterable[str] | None:
+        return None
+
+    def select_outlets(self, event: Any) -> Iterable[str] | None:
         return None
 
 
@@ -80,6 +97,9 @@ class Endpoint:
 class ModelRunnerStep(Step):
     """Runs the models a selector picks for each event, concurrently, each where it runs best.
 
+    The selector is a `ModelSelector` or (``model_runner_selector=``) a `ModelRunnerSelector`, which
+    also picks the steps after the runner: a class, an instance, or its name.
+
     One selected model: its result is the body. Several: ``{endpoint_name: result}``. With
     ``raise_exception=False`` a failing model gives ``{"error": "Type: message"}`` instead of
     failing the event.
@@ -92,16 +112,20 @@ class ModelRunnerStep(Step):
         name: str | None = None,
         model_selector: Any = None,
         raise_exception: bool = True,
+        model_runner_selector: Any = None,
         **options: Any,
     ):
         super().__init__(name, **options)
+        if model_selector is not None and model_runner_selector is not None:
+            raise GraphError(f"step '{self.name}': give model_selector or model_runner_selector, not both")
+        model_selector = model_runner_selector if model_runner_selector is not None else model_selector
         self.model_selector = model_selector
         self.raise_exception = raise_exception
         self.endpoints: dict[str, Endpoint] = {}
         self.max_processes: int | None = None
         self.max_threads: int | None = None
         if isinstance(model_selector, str):
-            import_object(model_selector, "model selector")
+            self.model_selector = resolve(model_selector, "model selector")
 
     def add_model(
         self,
@@ -125,6 +149,10 @@ class ModelRunnerStep(Step):
             raise GraphError(
                 f"add_model('{endpoint_name}'): execution_mechanism is required: "
                 f"one of {', '.join(EXECUTION_MECHANISMS)}"
+            )
+        if isinstance(model_class, Model):
+            model_class, model_parameters, model_artifact = from_instance(
+                endpoint_name, model_class, model_parameters, model_artifact
             )
         model = ModelSpec(
             endpoint_name, model_class, execution_mechanism, as_artifact(model_artifact), model_parameters
@@ -171,6 +199,8 @@ class ModelRunnerStep(Step):
     def _add(self, endpoint: Endpoint) -> None:
         if endpoint.name in self.endpoints:
             raise GraphError(f"step '{self.name}' already has a model endpoint named '{endpoint.name}'")
+        if self.graph is not None:
+            self.graph._claim(self, [endpoint.name], [endpoint.shared_model_name] if endpoint.shared_model_name else [])
         self.endpoints[endpoint.name] = endpoint
 
     def _spec(self) -> dict[str, Any]:
@@ -193,6 +223,23 @@ class ModelRunnerStep(Step):
             step._add(Endpoint.from_dict(endpoint_name, endpoint))
         step.configure_pool_resource(**pool)
         return step
+
+
+def from_instance(
+    name: str, model: Model, parameters: dict[str, Any], artifact: ModelArtifact | str | None
+) -> tuple[type, dict[str, Any], ModelArtifact | str | None]:
+    """A model given as an instance (MLRun's ``add_model(model_class=MyModel(name=..., inc=1))``): its class
+    and the keyword arguments it was built with, so each process that hosts it builds its own."""
+    args, kwargs = model.init_arguments
+    if parameters or args:
+        raise GraphError(
+            f"add_model('{name}'): a model object comes with its own arguments, by keyword only; "
+            "pass model parameters to add_model with a model class instead"
+        )
+    if model.name != name:
+        raise GraphError(f"add_model('{name}'): Inconsistent name for model added to ModelRunnerStep ('{model.name}')")
+    kwargs = {key: value for key, value in kwargs.items() if key != "name"}
+    return type(model), kwargs, kwargs.pop("model_artifact", None) or artifact
 
 
 def _class_of(obj: Any) -> type:

@@ -10,8 +10,8 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import GraphError
-from ..imports import import_object, object_path
+from ..errors import GraphError, InvalidArgument
+from ..imports import Expression, object_path, resolve, resolve_handler
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -61,6 +61,19 @@ class Step:
         kwargs.setdefault("after", self.name)
         return self._owner().add_step(class_name, name=name, handler=handler, **kwargs)
 
+    def after_step(self, *names: str, append: bool = True) -> Step:
+        """Run this step after `names` too (or, ``append=False``, after them only), as MLRun's after_step."""
+        graph = self._owner()
+        parents = [graph._resolve_parent(name) for name in names]
+        previous = list(self.after)
+        self.after = [*previous, *(p for p in parents if p not in previous)] if append else parents
+        try:
+            graph._check_acyclic()
+        except GraphError:
+            self.after = previous
+            raise
+        return self
+
     def respond(self) -> Step:
         """Make this step's output the response to the caller."""
         self.responder = True
@@ -68,7 +81,14 @@ class Step:
 
     def cycle_to(self, step_names: str | list[str]) -> Step:
         """Send this step's output back to earlier steps too (needs ``allow_cyclic=True``)."""
-        self.cycle_targets.extend(as_list(step_names))
+        added = as_list(step_names)
+        self.cycle_targets.extend(added)
+        if self.graph is not None:
+            try:
+                self.graph._check_acyclic()
+            except GraphError:
+                del self.cycle_targets[-len(added) :]
+                raise
         return self
 
     def error_handler(
@@ -81,8 +101,12 @@ class Step:
     ) -> Step:
         """Run a handler step when this step raises; it gets the event with `error` and `origin_state`.
 
-        Without `before` the handler's output is the response; with it, the flow goes on there.
+        Without `before` the handler's output is the response; with it, the flow goes on there. Only a
+        `name` (MLRun's older form) names a step of the graph, added before or after, as the handler.
         """
+        if class_name is None and handler is None and name:
+            self.on_error = name
+            return self
         step = self._owner().add_error_handler(class_name, name=name, handler=handler, before=before, **kwargs)
         self.on_error = step.name
         return self
@@ -142,14 +166,14 @@ class TaskStep(Step):
         **options: Any,
     ):
         self.instance: Any = None
-        if class_name is not None and not isinstance(class_name, str | type):
-            self.instance, class_name = class_name, type(class_name)
         if isinstance(class_name, str):
-            class_name = import_object(class_name, "class")
+            class_name = resolve(class_name, "class")
+        if class_name is not None and not isinstance(class_name, type):
+            self.instance, class_name = class_name, type(class_name)
         if class_name is None and handler is None:
             raise GraphError(f"step '{name}' needs a class_name or a handler")
         if class_name is None and isinstance(handler, str):
-            handler = import_object(handler, "handler")
+            handler = resolve_handler(handler)
         if class_name is None and not callable(handler):
             raise GraphError(f"step '{name}': handler {handler!r} is not callable")
         if class_name is not None and not inspect.isclass(class_name):
@@ -168,6 +192,8 @@ class TaskStep(Step):
             spec["class_name"] = object_path(self.cls)
             if self.handler:
                 spec["handler"] = self.handler
+        elif isinstance(self.handler, Expression):
+            spec["handler"] = self.handler.source
         else:
             spec["handler"] = object_path(self.handler)
         if self.class_args:
@@ -197,6 +223,8 @@ class RouterStep(Step):
         if not key or "/" in key:
             raise GraphError(f"router '{self.name}': route key {key!r} must be a non-empty name without '/'")
         route = TaskStep(key, class_name=class_name, handler=handler, class_args=class_args)
+        if self.graph is not None:
+            self.graph._claim(self, [key], [])
         self.routes[key] = route
         return route
 
@@ -226,6 +254,28 @@ class Choice:
 
     def select_outlets(self, event: Any) -> list[str] | None:
         raise NotImplementedError(f"{type(self).__name__} must override select_outlets(event)")
+
+
+class ChoiceByField(Choice):
+    """Routes each event to the outlets named in one of its body's fields (MLRun's ChoiceByField)."""
+
+    def __init__(self, field_name: str, **_: Any):
+        self.field_name = field_name
+
+    def select_outlets(self, event: Any) -> Any:
+        if self.field_name not in event:
+            raise InvalidArgument(f"Field '{self.field_name}' is not contained in the event keys {list(event)}.")
+        outlets = event[self.field_name]
+        if outlets is None:
+            raise InvalidArgument(f"Field '{self.field_name}' exists but its value is None.")
+        if not isinstance(outlets, str | list | tuple):
+            raise InvalidArgument(
+                f"Field '{self.field_name}' must be a string or list of strings but is instead of type "
+                f"'{type(outlets).__name__}'."
+            )
+        if not outlets:
+            raise InvalidArgument(f"The value of the key '{self.field_name}' cannot be an empty list.")
+        return [outlets] if isinstance(outlets, str) else outlets
 
 
 def default_name(class_name: Any, handler: Any) -> str:

@@ -71,15 +71,17 @@ def bind(step: TaskStep, context: Context) -> Call:
 
 
 def instantiate(cls: type, args: dict[str, Any], step: TaskStep, context: Context) -> Any:
-    """Create a step object; `name` and `context` are passed when its constructor names them."""
+    """Create a step object; `name` and `context` are passed when its constructor names them or takes
+    ``**kwargs`` (as MLRun does, so a class written for MLRun finds its name)."""
     kwargs = dict(args)
     try:
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):
         params = {}
-    if "name" in params and "name" not in kwargs:
+    open_ended = any(param.kind is inspect.Parameter.VAR_KEYWORD for param in params.values())
+    if ("name" in params or open_ended) and "name" not in kwargs:
         kwargs["name"] = step.name
-    if "context" in params and "context" not in kwargs:
+    if ("context" in params or open_ended) and "context" not in kwargs:
         kwargs["context"] = context
     try:
         return cls(**kwargs)

@@ -80,6 +80,7 @@ class Engine:
         self.nodes: dict[str, Node] = {}
         self.handlers: dict[str, Node] = {}
         self.roots: list[Node] = []
+        self.sync = graph.engine == "sync"  # MLRun's sync flow: the last step's output is the response
         self.streaming = False  # some step always streams: unary calls collect the chunks
         self.can_stream = False  # some step or model streams when the caller asks for a stream
         self.ready = False
@@ -107,16 +108,21 @@ class Engine:
         for name, handler in self.handlers.items():
             handler.connect([self.nodes[target] for target in graph.error_handlers[name].before])
             handler.responder = not handler.outlets
-        graph_handler = self.handlers.get(graph.on_error) if graph.on_error else None
+        graph_handler = self._handler(graph.on_error)
         for name, node in self.nodes.items():
-            step = graph.steps[name]
-            node.on_error = self.handlers[step.on_error] if step.on_error else graph_handler
+            node.on_error = self._handler(graph.steps[name].on_error) or graph_handler
         for node in self._in_cycles():
             step = graph.steps[node.name]
             node.max_iterations = step.max_iterations or graph.max_iterations or DEFAULT_MAX_ITERATIONS
         self.roots = [self.nodes[name] for name in graph.roots()]
         self.streaming = any(node.streams for node in self.nodes.values())
         self.can_stream = self.streaming or any(node.can_stream for node in self.nodes.values())
+
+    def _handler(self, name: str | None) -> Node | None:
+        """An error handler: a declared one, or (MLRun's older form) a step of the graph named as one."""
+        if name is None:
+            return None
+        return self.handlers.get(name) or self.nodes[name]
 
     def _node(self, step: Step) -> Node:
         if isinstance(step, ModelRunnerStep):
@@ -130,7 +136,8 @@ class Engine:
     # -- requests -------------------------------------------------------------------------------
     async def run(self, event: Event) -> Any:
         """The response to one event: the responder's output (a list of chunks for a streaming
-        graph), or ``{"id": ...}`` when no step responds. Raises `ServingError` on failure."""
+        graph; in a sync graph, else the last step's), or ``{"id": ...}`` when no step responds.
+        Raises `ServingError` on failure."""
         call = _Call(collect=self.streaming)
         await self._enter(event, call)
         if call.chunks is not None and call.responded:
@@ -200,6 +207,8 @@ class Engine:
                 await self._fan_out(outlets, event, call)
                 return
             else:
+                if self.sync:
+                    await call.respond(event.body)
                 return
 
     async def _timed(self, node: Node, event: Event) -> Any:

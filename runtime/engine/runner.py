@@ -8,16 +8,16 @@ does the V2 data plane (a single endpoint, outside the flow).
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from ..dsl.event import Event, get_path, set_path, split_path
-from ..dsl.model_runner import ModelRunnerStep, ModelSelector
+from ..dsl.model_runner import ModelRunnerSelector, ModelRunnerStep, ModelSelector
 from ..errors import ModelError, ServingError, describe, status_of
 from ..hosting.endpoints import ModelEndpoint
-from ..imports import import_object
 from .callables import Context
 from .nodes import Node
 
@@ -115,22 +115,26 @@ class ModelRunnerNode(Node):
         self.calls = calls
         self.raise_exception = step.raise_exception
         self.selector = _selector(step.model_selector)
+        if isinstance(self.selector, ModelRunnerSelector):
+            self.select_outlets = self.selector.select_outlets
         self.targets = {endpoint.name: _Target(endpoint) for endpoint in endpoints}
         self.available = [endpoint.selector_name() for endpoint in endpoints]
         self.can_stream = any(target.streams for target in self.targets.values())
 
     async def apply(self, event: Event) -> Any:
         body = self.argument(event)
-        selected = await self._select(body)
+        selected = await self._select(event)
         if len(selected) == 1:
-            return self.merge(event, await self._run(selected[0], body, event.id, copy_body=False))
-        results = await asyncio.gather(*(self._run(target, body, event.id, copy_body=True) for target in selected))
+            return self.merge(event, await self._run(selected[0], body, event.id))
+        # Each model gets a body of its own: one that changes its input in place must not change the others'.
+        runs = (self._run(target, copy.deepcopy(body), event.id) for target in selected)
+        results = await asyncio.gather(*runs)
         return self.merge(event, {target.name: result for target, result in zip(selected, results, strict=True)})
 
     async def chunks(self, event: Event) -> AsyncIterator[Any]:
         """One streaming model selected: its chunks, as they come; otherwise the unary output."""
         body = self.argument(event)
-        selected = await self._select(body)
+        selected = await self._select(event)
         if len(selected) != 1 or not selected[0].streams:
             yield await self.apply(event)
             return
@@ -141,12 +145,12 @@ class ModelRunnerNode(Node):
         except Exception as error:
             yield self.merge(event, self._failed(target, error), copy_body=True)
 
-    async def _run(self, target: _Target, body: Any, request_id: str, copy_body: bool) -> Any:
+    async def _run(self, target: _Target, body: Any, request_id: str) -> Any:
         try:
             result = await self.calls.call(target.endpoint, target.argument(body), request_id)
         except Exception as error:
             return self._failed(target, error)
-        return target.output(body, result, copy_body)
+        return target.output(body, result, copy_body=False)
 
     def _failed(self, target: _Target, error: Exception) -> dict[str, str]:
         """A model's failure: the event's, or (``raise_exception=False``) MLRun's ``{"error": ...}`` result."""
@@ -155,10 +159,12 @@ class ModelRunnerNode(Node):
             raise failure from failure.error
         return {"error": describe(failure.error)}
 
-    async def _select(self, body: Any) -> list[_Target]:
+    async def _select(self, event: Event) -> list[_Target]:
+        """The models to run: the selector sees the whole event (body, id, path, headers), as in MLRun."""
         if self.selector is None:
             return list(self.targets.values())
-        chosen = self.selector.select(body, list(self.available))
+        select = self.selector.select_models if isinstance(self.selector, ModelRunnerSelector) else self.selector.select
+        chosen = select(event, list(self.available))
         if inspect.isawaitable(chosen):
             chosen = await chosen
         if chosen is None:
@@ -173,9 +179,7 @@ class ModelRunnerNode(Node):
         return [self.targets[name] for name in names]
 
 
-def _selector(selector: Any) -> ModelSelector | None:
-    if isinstance(selector, str):
-        selector = import_object(selector, "model selector")
+def _selector(selector: Any) -> ModelSelector | ModelRunnerSelector | None:
     if inspect.isclass(selector):
         selector = selector()
     return selector

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..dsl.graph import Graph
 from ..dsl.model_runner import ModelRunnerStep
+from ..errors import ModelRunnerError
 from ..models.hosted import HostedModel, streams
 from .endpoints import EndpointRegistry
 from .handles import LocalHandle, ModelHandle, WorkerHandle
@@ -49,7 +50,18 @@ class ModelHub:
         for endpoint in self.endpoints.models():
             endpoint.handle = self.handles[endpoint.model.name]  # type: ignore[union-attr]
 
+    def check(self) -> None:
+        """Refuse, before anything loads, models that cannot serve as declared (MLRun's ModelRunnerError)."""
+        refused = {}
+        for name, (spec, _, _) in self.endpoints.placements().items():
+            why = spec.model_class.cannot_serve(name, spec.execution_mechanism, spec.model_artifact)
+            if why:
+                refused[name] = why
+        if refused:
+            raise ModelRunnerError(refused)
+
     async def _start(self) -> None:
+        self.check()
         pooled: dict[str, Placement] = {}
         dedicated: dict[str, Placement] = {}
         step_executors: dict[str, tuple[ThreadPoolExecutor, int]] = {}

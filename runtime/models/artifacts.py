@@ -21,6 +21,16 @@ class ModelArtifact:
         self.uri = uri
         self.meta = meta
 
+    @property
+    def model_url(self) -> str | None:
+        """Where a remote model answers (MLRun's ``model_url``): the ``model_url`` given, else the URI."""
+        return self.meta.get("model_url") or self.uri
+
+    @property
+    def default_config(self) -> dict[str, Any]:
+        """Default invocation parameters for the model (MLRun's ``default_config``)."""
+        return dict(self.meta.get("default_config") or {})
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "uri": self.uri, **self.meta}
 
@@ -46,8 +56,9 @@ class ModelArtifact:
 class LLMPromptArtifact(ModelArtifact):
     """A chat prompt for an LLM: messages whose ``{placeholders}`` are filled from the event body.
 
-    `prompt_legend` maps a placeholder to the body field that fills it (a dotted path, or
-    ``{"field": ..., "description": ...}`` as in MLRun); by default the placeholder names the field.
+    `prompt_legend` maps a placeholder to the body field that fills it: a dotted path, or MLRun's
+    ``{"field": ..., "description": ...}``, where ``"field": None`` means the placeholder's own name and,
+    as in MLRun, a field the body lacks falls back to the placeholder's name.
     `invocation_config` holds generation parameters (max_tokens, temperature, top_p, ...).
     """
 
@@ -74,26 +85,30 @@ class LLMPromptArtifact(ModelArtifact):
         super().__init__(model_artifact.uri if model_artifact else None, **meta)
         self._fields = self._placeholders()
 
-    def _placeholders(self) -> dict[str, str]:
-        """Placeholder → body field, for every ``{name}`` of the template (``{{x}}`` stays literal)."""
+    def _placeholders(self) -> dict[str, tuple[str, str | None]]:
+        """Placeholder → (body field, fallback field), for every ``{name}`` of the template (``{{x}}``
+        stays literal); only MLRun's dict legends fall back to the placeholder's name."""
         fields = {}
         for message in self.prompt_template:
             for _, name, _, _ in string.Formatter().parse(message.get("content", "")):
                 if name:
                     key = name.split(".")[0].split("[")[0]
-                    legend = self.prompt_legend.get(key, key)
-                    fields[key] = legend.get("field", key) if isinstance(legend, dict) else legend
+                    legend = self.prompt_legend.get(key)
+                    if isinstance(legend, dict):
+                        fields[key] = (legend.get("field") or key, key)
+                    else:
+                        fields[key] = (legend or key, None)
         return fields
 
     def render(self, body: Any) -> list[dict[str, str]]:
         """The chat messages for one event; INVALID_ARGUMENT naming a field the body lacks."""
         values = {}
-        for placeholder, field in self._fields.items():
-            value: Any = body
-            for key in field.split("."):
-                if not isinstance(value, dict) or key not in value:
-                    raise InvalidArgument(f"the prompt needs field '{field}' (for {{{placeholder}}}) in the body")
-                value = value[key]
+        for placeholder, (field, fallback) in self._fields.items():
+            value = _field(body, field)
+            if value is _MISSING and fallback:
+                value = _field(body, fallback)
+            if value is _MISSING:
+                raise InvalidArgument(f"the prompt needs field '{field}' (for {{{placeholder}}}) in the body")
             values[placeholder] = value
         return [{**message, "content": message.get("content", "").format(**values)} for message in self.prompt_template]
 
@@ -111,6 +126,18 @@ class LLMPromptArtifact(ModelArtifact):
     def _from_fields(cls, data: dict[str, Any]) -> ModelArtifact:
         data.pop("uri", None)
         return cls(**data)
+
+
+_MISSING = object()
+
+
+def _field(body: Any, path: str) -> Any:
+    """``body[k1][k2]...`` for the dotted `path`, or `_MISSING`."""
+    for key in path.split("."):
+        if not isinstance(body, dict) or key not in body:
+            return _MISSING
+        body = body[key]
+    return body
 
 
 ARTIFACT_KINDS: dict[str, type[ModelArtifact]] = {

@@ -28,6 +28,7 @@ class HostedModel:
         self.method: Callable[..., Any] = getattr(self.instance, prediction_method(spec))
         self.streams = streams(spec)
         self.takes_proxy = _accepts(self.method, "endpoint") and _accepts(self.method, "model_artifact")
+        self.takes = _accepts_all(self.method)
         self.preprocess = getattr(self.instance, "preprocess", None)
         self.postprocess = getattr(self.instance, "postprocess", None)
         self.join = getattr(self.instance, "join_chunks", list)
@@ -37,8 +38,10 @@ class HostedModel:
 
     @property
     def batches(self) -> bool:
-        """Whether calls are gathered into batches: the model has ``predict_batch`` and a batch size over 1."""
-        return self.batch_method is not None and self.spec.max_batch_size > 1
+        """Whether calls go through ``predict_batch``: with a batch size over 1, or when it is all the model has."""
+        if self.batch_method is None:
+            return False
+        return self.spec.max_batch_size > 1 or not overrides(self.spec.model_class, prediction_method(self.spec))
 
     def load(self) -> None:
         self.instance.load()
@@ -50,9 +53,13 @@ class HostedModel:
     def _arguments(self, body: Any, endpoint: str | None) -> tuple[Any, dict[str, Any]]:
         if self.preprocess is not None:
             body = self.preprocess(body)
+        artifact = self.proxies.get(endpoint) if endpoint in self.proxies else None
+        kwargs = {
+            key: value for key, value in self.instance.predict_arguments(body, artifact).items() if self.takes(key)
+        }
         if endpoint in self.proxies and self.takes_proxy:
-            return body, {"endpoint": endpoint, "model_artifact": self.proxies[endpoint]}
-        return body, {}
+            kwargs = {"endpoint": endpoint, "model_artifact": artifact, **kwargs}
+        return body, kwargs
 
     def _finish(self, result: Any) -> Any:
         return self.postprocess(result) if self.postprocess is not None else result
@@ -111,10 +118,11 @@ class HostedModel:
 
 
 def prediction_method(spec: ModelSpec) -> str:
-    """``predict_async`` for the asyncio mechanism and for models that define only it, else ``predict``."""
-    cls = spec.model_class
-    only_async = overrides(cls, "predict_async") and not overrides(cls, "predict")
-    return "predict_async" if spec.execution_mechanism == "asyncio" or only_async else "predict"
+    """``predict_async`` for the asyncio mechanism and for models that serve many calls at once on an event
+    loop (``prefer_async``), else ``predict`` (`Model.cannot_serve` checks it exists)."""
+    if spec.execution_mechanism == "asyncio" or spec.model_class.prefer_async:
+        return "predict_async"
+    return "predict"
 
 
 def streams(spec: ModelSpec) -> bool:
@@ -126,3 +134,12 @@ def streams(spec: ModelSpec) -> bool:
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
     params = inspect.signature(fn).parameters.values()
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _accepts_all(fn: Callable[..., Any]) -> Callable[[str], bool]:
+    """Whether `fn` takes a keyword, decided once: everything under ``**kwargs``, else its named parameters."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return lambda name: True
+    names = {p.name for p in params}
+    return names.__contains__

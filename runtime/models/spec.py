@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import GraphError
-from ..imports import import_object, is_importable, object_path
+from ..imports import is_importable, object_path, resolve
 from .artifacts import ModelArtifact
-from .base import Model, overrides
+from .base import Model
 
 IN_ROUTER = ("naive", "asyncio", "thread_pool")
 IN_WORKERS = ("process_pool", "dedicated_process")
@@ -36,17 +36,13 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if isinstance(self.model_class, str):
             path = BUILTIN_MODELS.get(self.model_class, self.model_class)
-            self.model_class = import_object(path, "model class")
+            self.model_class = resolve(path, "model class")
         if not (inspect.isclass(self.model_class) and issubclass(self.model_class, Model)):
             raise GraphError(f"model '{self.name}': model_class must be a servegraph Model subclass")
         if self.execution_mechanism not in EXECUTION_MECHANISMS:
             raise GraphError(
                 f"model '{self.name}': execution_mechanism {self.execution_mechanism!r} is not one of "
                 f"{', '.join(EXECUTION_MECHANISMS)}"
-            )
-        if self.execution_mechanism == "asyncio" and not overrides(self.model_class, "predict_async"):
-            raise GraphError(
-                f"model '{self.name}': execution_mechanism 'asyncio' needs {self.model_class.__name__}.predict_async"
             )
         for key, minimum in (("max_batch_size", 1), ("max_queued", 0)):
             value = self.parameters.get(key)

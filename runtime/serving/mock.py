@@ -14,22 +14,42 @@ works from plain code and `atest()` from any event loop. Where that loop runs de
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvloop
 
 from ..dsl.event import Event
+from ..engine.callables import Context
 from ..engine.engine import Engine
-from ..errors import StepError
+from ..errors import InvalidArgument, ServingError, StepError, describe, http_status, status_of
 from ..hosting.hub import ModelHub
 
 if TYPE_CHECKING:
     from ..dsl.graph import Graph
 
 T = TypeVar("T")
+
+JSON_TYPE = "application/json"
+
+
+@dataclass
+class MockResponse:
+    """A failed request as ``test(..., silent=True)`` returns it: MLRun's HTTP-style `status_code`
+    beside our status name (`code`), and the error's text as `body`."""
+
+    status_code: int
+    code: str
+    body: str
+
+    @classmethod
+    def failed(cls, error: Exception) -> MockResponse:
+        text = str(error) if isinstance(error, ServingError) else describe(error)
+        return cls(http_status(error), status_of(error), text)
 
 
 class MockServer:
@@ -86,6 +106,11 @@ class MockServer:
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    @property
+    def context(self) -> Context:
+        """The context every step gets (MLRun's ``server.context``): attributes set here reach them."""
+        return self.engine.context
+
     async def __aenter__(self) -> MockServer:
         await self.engine.start()
         return self
@@ -102,18 +127,32 @@ class MockServer:
         headers: Mapping[str, str] | None = None,
         event_id: str | None = None,
         stream: bool | None = None,
+        content_type: str | None = None,
+        silent: bool = False,
+        method: str | None = None,
     ) -> Any:
         """Send one event and return the response, or an iterator of chunks for a streaming graph.
 
-        A failing step raises its own exception (with a note naming the step).
+        A failing step raises its own exception (with a note naming the step); with ``silent=True`` a
+        failed unary request returns a `MockResponse` instead. A str or bytes body is decoded as JSON the
+        way MLRun's mock server does it: when it parses and no `content_type` is given, and always with
+        ``application/json`` (where a body that does not parse is INVALID_ARGUMENT, HTTP 400); other
+        content types keep it as it is. `method` is accepted for MLRun's callers: graphs see no method.
         """
         if self._loop is None and _running_loop() is not None and self.engine.ready:
             raise RuntimeError("this mock server runs on your event loop (async with): use 'await mock.atest()'")
         self.start()
-        event = Event(body, id=event_id, path=path, headers=headers)
-        if self._streams(stream):
-            return self._iterate(self.engine.stream(event))
-        return self._on_loop(_unwrap(self.engine.run(event)))
+        try:
+            event = Event(decode_body(body, content_type), id=event_id, path=path, headers=headers)
+            if self._streams(stream):
+                return self._iterate(self.engine.stream(event))
+            if silent:
+                return self._on_loop(self.engine.run(event))
+            return self._on_loop(_unwrap(self.engine.run(event)))
+        except Exception as error:
+            if silent:
+                return MockResponse.failed(error)
+            raise
 
     async def atest(
         self,
@@ -181,6 +220,18 @@ class MockServer:
         finally:
             if self._loop is not None:
                 await self._on_loop_async(unwrapped.aclose())  # type: ignore[attr-defined]
+
+
+def decode_body(body: Any, content_type: str | None) -> Any:
+    """A str or bytes body as MLRun's mock server reads it (see `MockServer.test`)."""
+    if not isinstance(body, str | bytes) or (content_type and not content_type.startswith(JSON_TYPE)):
+        return body
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        if content_type:
+            raise InvalidArgument(f"the body is not valid JSON ({content_type}): {exc}") from None
+        return body
 
 
 async def _next(chunks: AsyncIterator[Any]) -> Any:

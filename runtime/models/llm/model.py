@@ -2,9 +2,13 @@
 
 Its predict yields text chunks as they are generated and then one final
 ``{"answer": ..., "usage": {...}}``; a unary call gets that final result. ``openai://<model>`` talks
-to an OpenAI-compatible API (AsyncOpenAI on the asyncio mechanism); anything else is a local
-transformers model (a directory or a GGUF file), run where the model is hosted. No URI means the
-embedded default, SmolLM2-135M-Instruct.
+to an OpenAI-compatible API (AsyncOpenAI on the asyncio mechanism); ``mock://`` answers without a model
+(for tests); anything else is a local transformers model (a directory or a GGUF file), run where the
+model is hosted. No artifact means the embedded default, SmolLM2-135M-Instruct; a prompt with no model
+behind it is refused when the graph starts, unless a subclass overrides predict.
+
+As in MLRun, predict receives the request already built: ``messages=`` (the prompt rendered from the
+body, or the body's own messages) and ``invocation_config=``, so a subclass may override it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from ..artifacts import LLMPromptArtifact, ModelArtifact
 from ..base import Model
 
 OPENAI_SCHEME = "openai://"
+MOCK_SCHEME = "mock://"
 
 
 class LLModel(Model):
@@ -24,48 +29,104 @@ class LLModel(Model):
 
     Parameters: ``max_tokens``, ``temperature``, ``top_p`` (defaults for every call, under the
     prompt's invocation_config); ``num_threads`` (torch threads, 1 by default); ``device``;
-    ``base_url`` and ``api_key`` for OpenAI (else OPENAI_BASE_URL / OPENAI_API_KEY).
+    ``base_url`` and ``api_key`` for OpenAI (else OPENAI_BASE_URL / OPENAI_API_KEY); ``input_path``
+    (MLRun's: where in the body the prompt's fields are).
     """
 
+    def __init__(self, name: str | None = None, model_artifact: ModelArtifact | None = None, **parameters: Any):
+        super().__init__(name, model_artifact, **parameters)
+        self.input_keys = tuple(key for key in (parameters.get("input_path") or "").split(".") if key)
+
+    @classmethod
+    def cannot_serve(cls, name: str, execution_mechanism: str, model_artifact: ModelArtifact | None) -> str | None:
+        """Also MLRun's refusal: a prompt with no model behind it, and the predict that needs one not overridden."""
+        why = super().cannot_serve(name, execution_mechanism, model_artifact)
+        if why or not (isinstance(model_artifact, LLMPromptArtifact) and model_artifact.model_artifact is None):
+            return why
+        needed = "predict_async" if execution_mechanism == "asyncio" else "predict"
+        if getattr(cls, needed) is getattr(LLModel, needed):
+            return (
+                f"Model provider could not be determined for model '{name}', and the {needed} function "
+                "was not overridden."
+            )
+        return None
+
     def load(self) -> None:
+        if isinstance(self.model_artifact, LLMPromptArtifact) and self.model_artifact.model_artifact is None:
+            return  # a subclass's own predict answers (see cannot_serve)
         uri = _weights(self.model_artifact)
         if uri and uri.startswith(OPENAI_SCHEME):
             from .openai_provider import OpenAIProvider
 
             self.provider: Any = OpenAIProvider(uri.removeprefix(OPENAI_SCHEME), self.parameters)
+        elif uri and uri.startswith(MOCK_SCHEME):
+            from .mock_provider import MockProvider
+
+            self.provider = MockProvider()
         else:
             from .transformers_provider import TransformersProvider
 
             self.provider = TransformersProvider(uri, self.parameters)
 
     def predict(
-        self, body: Any, endpoint: str | None = None, model_artifact: ModelArtifact | None = None
+        self,
+        body: Any,
+        messages: list[dict[str, str]] | None = None,
+        invocation_config: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> Iterator[Any]:
-        messages, config = self._request(body, model_artifact)
-        yield from self.provider.stream(messages, config)
+        yield from self.provider.stream(messages, invocation_config or {})
 
     async def predict_async(
-        self, body: Any, endpoint: str | None = None, model_artifact: ModelArtifact | None = None
+        self,
+        body: Any,
+        messages: list[dict[str, str]] | None = None,
+        invocation_config: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> AsyncIterator[Any]:
-        messages, config = self._request(body, model_artifact)
-        async for chunk in self.provider.astream(messages, config):
+        async for chunk in self.provider.astream(messages, invocation_config or {}):
             yield chunk
 
     def join_chunks(self, chunks: list[Any]) -> Any:
         """A unary call's result: the final ``{"answer", "usage"}`` after the text chunks."""
         return chunks[-1]
 
-    def _request(self, body: Any, artifact: ModelArtifact | None) -> tuple[list[dict[str, str]], dict[str, Any]]:
-        prompt = artifact if isinstance(artifact, LLMPromptArtifact) else self.model_artifact
+    def predict_arguments(self, body: Any, model_artifact: ModelArtifact | None) -> dict[str, Any]:
+        """The request for this call: the proxy's prompt (else the model's own) rendered from the body."""
+        prompt = model_artifact if isinstance(model_artifact, LLMPromptArtifact) else self.model_artifact
+        prompt = prompt if isinstance(prompt, LLMPromptArtifact) else None
+        messages, config = self.enrich_prompt(body, self.name, prompt)
+        return {"messages": messages, "invocation_config": config, "llm_prompt_artifact": prompt}
+
+    def enrich_prompt(
+        self, body: Any, origin_name: str, llm_prompt_artifact: LLMPromptArtifact | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """MLRun's prompt building: ``(messages, invocation_config)`` for the body (at ``input_path``);
+        a list there is a batch, and gives a list of message lists."""
+        data = body
+        for key in self.input_keys:
+            if not isinstance(data, dict) or key not in data:
+                raise InvalidArgument(
+                    f"model '{origin_name}': input path '{'.'.join(self.input_keys)}' is not in the body"
+                )
+            data = data[key]
         config = {key: self.parameters[key] for key in ("max_tokens", "temperature", "top_p") if key in self.parameters}
-        if isinstance(prompt, LLMPromptArtifact) and prompt.prompt_template:
-            return prompt.render(body), {**config, **prompt.invocation_config}
+        if llm_prompt_artifact is not None:
+            config = {**config, **llm_prompt_artifact.invocation_config}
+        if isinstance(data, list):
+            return [self._messages(item, llm_prompt_artifact) for item in data], config
+        return self._messages(data, llm_prompt_artifact), config
+
+    @staticmethod
+    def _messages(body: Any, prompt: LLMPromptArtifact | None) -> list[dict[str, str]]:
+        if prompt is not None and prompt.prompt_template:
+            return prompt.render(body)
         if isinstance(body, dict) and isinstance(body.get("messages"), list):
-            return body["messages"], config
+            return body["messages"]
         if isinstance(body, dict) and isinstance(body.get("question") or body.get("prompt"), str):
-            return [{"role": "user", "content": body.get("question") or body["prompt"]}], config
+            return [{"role": "user", "content": body.get("question") or body["prompt"]}]
         if isinstance(body, str):
-            return [{"role": "user", "content": body}], config
+            return [{"role": "user", "content": body}]
         raise InvalidArgument(
             "an LLModel without a prompt template needs 'messages', 'question' or 'prompt' in the body"
         )
