@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from servers import TESTS_DIR
 
 from servegraph.errors import GraphError
-from servegraph.serving.manifests import TLS_PROBE, Options, dns_label, generate
+from servegraph.serving.manifests import METRICS_PORT, ROUTER_PORT, TLS_PROBE, WORKER_PORT, Options, dns_label, generate
 
 K8S_VERSION = "1.37.0"
 """A Kubernetes version whose schemas kubernetes-validate ships."""
@@ -290,3 +290,13 @@ def test_the_command_prints_the_manifests():
     assert {o["spec"]["template"]["spec"]["containers"][0]["image"] for o in printed if o["kind"] == "Deployment"} == {
         "registry.example/servegraph:1"
     }
+
+
+def test_the_dockerfile_matches_the_manifests_and_the_makefile():
+    """The image exposes the ports the manifests use and pins the torch the Makefile installs."""
+    dockerfile = (TESTS_DIR.parent / "Dockerfile").read_text()
+    (exposed,) = re.findall(r"^EXPOSE (.+)$", dockerfile, re.MULTILINE)
+    assert {int(port) for port in exposed.split()} == {ROUTER_PORT, WORKER_PORT, METRICS_PORT}
+    (torch,) = re.findall(r"pip install -q torch==([\d.]+)", (TESTS_DIR.parent / "Makefile").read_text())
+    assert f"ARG TORCH_VERSION={torch}\n" in dockerfile
+    assert 'ENTRYPOINT ["servegraph"]' in dockerfile
