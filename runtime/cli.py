@@ -121,6 +121,9 @@ def _plot(args: argparse.Namespace) -> int:
 def _manifests(args: argparse.Namespace) -> int:
     from .serving import manifests
 
+    if args.tls_client_auth and not args.tls_secret:
+        print("servegraph: --tls-client-auth needs --tls-secret", file=sys.stderr)
+        return 2
     options = manifests.Options(
         args.image, args.namespace, args.router_replicas, args.tls_secret, args.tls_client_auth, args.token_secret
     )

@@ -300,3 +300,14 @@ def test_the_dockerfile_matches_the_manifests_and_the_makefile():
     (torch,) = re.findall(r"pip install -q torch==([\d.]+)", (TESTS_DIR.parent / "Makefile").read_text())
     assert f"ARG TORCH_VERSION={torch}\n" in dockerfile
     assert 'ENTRYPOINT ["servegraph"]' in dockerfile
+
+
+def test_client_auth_without_a_tls_secret_is_refused():
+    result = subprocess.run(
+        [sys.executable, "-m", "servegraph.cli", "manifests", TARGET, "--image", "i", "--tls-client-auth"],
+        cwd=TESTS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "--tls-client-auth needs --tls-secret" in result.stderr

@@ -62,7 +62,7 @@ class Options:
     tls_secret: str | None = None
     """A kubernetes.io/tls Secret with ca.crt: TLS everywhere, workers accept only certificates ca.crt signed."""
     tls_client_auth: bool = False
-    """The router too accepts only clients with a certificate ca.crt signed."""
+    """With `tls_secret`: the router too accepts only clients with a certificate ca.crt signed."""
     token_secret: str | None = None
     """A Secret whose key `tokens` lists the bearer tokens the router accepts."""
 
