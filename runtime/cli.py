@@ -1,4 +1,4 @@
-"""The `servegraph` command: serve a graph, call a served one, draw one."""
+"""The `servegraph` command: serve a graph, call a served one, draw one, deploy one on Kubernetes."""
 
 from __future__ import annotations
 
@@ -142,6 +142,19 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _manifests(args: argparse.Namespace) -> int:
+    from .serving import manifests
+
+    if args.tls_client_auth and not args.tls_secret:
+        print("servegraph: --tls-client-auth needs --tls-secret", file=sys.stderr)
+        return 2
+    options = manifests.Options(
+        args.image, args.namespace, args.router_replicas, args.tls_secret, args.tls_client_auth, args.token_secret
+    )
+    print(manifests.render(manifests.generate(load_graph(args.target), args.target, options)), end="")
+    return 0
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else repr(v))
 
@@ -190,6 +203,16 @@ def parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="print a graph as a Mermaid flowchart")
     plot.add_argument("target", help="MODULE:ATTR naming a Graph")
     plot.set_defaults(run=_plot)
+
+    k8s = commands.add_parser("manifests", help="print Kubernetes Deployments and Services that serve a graph")
+    k8s.add_argument("target", help="MODULE:ATTR naming a Graph, as the image imports it")
+    k8s.add_argument("--image", required=True, help="the image every pod runs (see the Dockerfile)")
+    k8s.add_argument("--namespace", default="default")
+    k8s.add_argument("--router-replicas", type=int, default=1)
+    k8s.add_argument("--tls-secret", help="kubernetes.io/tls Secret (with ca.crt): TLS to the router, mTLS to workers")
+    k8s.add_argument("--tls-client-auth", action="store_true", help="the router too requires client certificates")
+    k8s.add_argument("--token-secret", help="Secret whose key 'tokens' lists the router's bearer tokens")
+    k8s.set_defaults(run=_manifests)
     return root
 
 

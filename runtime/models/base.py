@@ -77,7 +77,7 @@ class Model:
         """Why this class cannot serve endpoint `name` as declared, or None; checked when the graph starts,
         where MLRun checks it: the asyncio mechanism calls `predict_async`, every other one `predict`
         (a model with ``predict_batch`` may have neither)."""
-        needed = "predict_async" if execution_mechanism == "asyncio" else "predict"
+        needed = "predict_async" if execution_mechanism == "asyncio" or cls.prefer_async else "predict"
         if not overrides(cls, needed) and not callable(getattr(cls, "predict_batch", None)):
             return f"{name} is running with {execution_mechanism} execution_mechanism but {needed}() is not implemented"
         return None
