@@ -82,6 +82,26 @@ class AsyncSlow(sg.Model):
         return {"pid": os.getpid(), "slept": body.get("sleep", 0)}
 
 
+class Blocking(sg.Model):
+    """An async predict that blocks its event loop: ``time.sleep(body["block"])`` (a model done wrong)."""
+
+    async def predict_async(self, body):
+        time.sleep(float(body.get("block", 0)))
+        return {"pid": os.getpid()}
+
+
+class AsyncSerial(sg.Model):
+    """An async predict that serves one call at a time (as a model guarding a device would)."""
+
+    def load(self) -> None:
+        self.lock = asyncio.Lock()
+
+    async def predict_async(self, body):
+        async with self.lock:
+            await asyncio.sleep(float(body.get("sleep", 0)))
+        return {"pid": os.getpid()}
+
+
 class Wrapped(Echo):
     """preprocess and postprocess run around predict, in the model's own process."""
 

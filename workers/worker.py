@@ -5,7 +5,8 @@ models' declarations as JSON on stdin: each model with the proxies it serves and
 so a call names only its endpoint. Models are imported by path and loaded here, never in the
 router. Sync predicts run on one worker thread, so a worker process handles one sync call at a
 time (scale with processes); async predicts run on the worker's event loop. gRPC health says
-SERVING once every model has loaded. The worker exits when its parent (the router) dies.
+SERVING once every model has loaded. The router stops a worker by closing its stdin; signals are
+the router's to handle, and the worker exits at once when the router dies (`leave_shutdown_to`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import functools
 import json
 import logging
 import os
+import select
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -149,30 +151,52 @@ def load_models(placements: dict[str, Any]) -> list[HostedModel]:
     return models
 
 
-def watch_parent(parent: int, socket: str) -> None:
-    """Exit with the router: the kernel signals us when it dies (Linux), else a poll notices."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        clean_up_after(parent, socket)
-        os._exit(0)
+def leave_shutdown_to(parent: int, socket: str, stop: Callable[[], None]) -> None:
+    """Stop when the router says so, serve on through signals meant for it, and never outlive it.
 
-    async def poll() -> None:
-        while os.getppid() == parent:
-            await asyncio.sleep(1.0)
-        clean_up_after(parent, socket)
-        os._exit(0)
+    SIGTERM and SIGINT are ignored: a signal to the whole process group (Ctrl-C in a terminal,
+    systemd's stop) reaches the workers too, and the router drains its in-flight calls only if its
+    workers go on serving them. The router asks a worker to stop by closing its stdin (`stop` runs on
+    the event loop). Its death closes stdin too, and then a thread that needs nothing of the event loop
+    (which a model may block for any time) removes what the router left behind and exits at once.
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    loop = asyncio.get_running_loop()
 
-    asyncio.get_running_loop().create_task(poll())
+    def asked_to_stop() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: stopping already
+            loop.call_soon_threadsafe(stop)
+
+    threading.Thread(target=_watch_router, args=(parent, socket, asked_to_stop), name="router", daemon=True).start()
 
 
-def clean_up_after(parent: int, socket: str) -> None:
+def _watch_router(parent: int, socket: str, asked_to_stop: Callable[[], None]) -> None:
+    """Poll stdin (its end means stop) and the router (a pidfd, else its pid every 0.2 s) until it dies."""
+    watch = select.poll()
+    stdin = sys.stdin.fileno()
+    watch.register(stdin, select.POLLIN)
+    try:
+        router: int | None = os.pidfd_open(parent)
+        watch.register(router, select.POLLIN)
+    except (AttributeError, OSError):  # not Linux, or an old kernel; or the router is gone already
+        router = None
+    while os.getppid() == parent:
+        ready = {fd for fd, _ in watch.poll(None if router is not None else 200)}
+        if router in ready:
+            break
+        if stdin in ready and not os.read(stdin, 1 << 12):  # the router's end closed: asked to stop, or it died
+            watch.unregister(stdin)
+            asked_to_stop()
+    clean_up_after_router(socket)
+    os._exit(0)
+
+
+def clean_up_after_router(socket: str) -> None:
     """A router that died (SIGKILL) left its private socket directory behind: its last worker removes it.
 
     A live router removes both itself, and needs the directory to restart a worker that stopped.
     """
-    if os.getppid() == parent:
-        return
     with contextlib.suppress(OSError):
         os.unlink(socket)
     with contextlib.suppress(OSError):  # fails while other workers' sockets are still in it
@@ -180,7 +204,8 @@ def clean_up_after(parent: int, socket: str) -> None:
 
 
 async def serve(name: str, socket: str, placements: dict[str, Any], parent: int) -> None:
-    watch_parent(parent, socket)
+    stopping = asyncio.Event()
+    leave_shutdown_to(parent, socket, stopping.set)
     models = load_models(placements)
     server = grpc.aio.server(options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
     worker_pb2_grpc.add_WorkerServicer_to_server(WorkerService(models), server)
@@ -190,14 +215,9 @@ async def serve(name: str, socket: str, placements: dict[str, Any], parent: int)
     server.add_insecure_port(address)
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
     print(f"serving worker '{name}' on {address}", flush=True)
     await stopping.wait()
     await server.stop(1.0)
-    clean_up_after(parent, socket)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,15 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s", stream=sys.stdout)
-    placements = json.load(sys.stdin)
+    placements = json.loads(sys.stdin.buffer.readline())  # one line: stdin stays open until the router stops us
     try:
         uvloop.run(serve(args.name, args.socket, placements, args.parent))
     except Exception:
         traceback.print_exc(file=sys.stdout)
         sys.stdout.flush()
         return 3
-    # Stopped (by the router, or because it died): exit now. A normal exit would first wait for a
-    # predict still running on the predict thread, however long it takes.
+    # Stopped by the router: exit now. A normal exit would first wait for a predict still running on
+    # the predict thread, however long it takes.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -12,7 +12,6 @@ call fails with `StreamClosed`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import Callable
 
@@ -54,11 +53,11 @@ class CallStream:
             self._waiting.pop(call_id, None)
 
     async def close(self) -> None:
+        """Cancel the stream and wait for its tasks (a cancellation of the caller itself still propagates)."""
         self._call.cancel()
-        for task in (self._writer, self._reader):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._writer.cancel()
+        self._reader.cancel()
+        await asyncio.wait([self._writer, self._reader])
 
     async def _write(self) -> None:
         try:
