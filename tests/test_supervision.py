@@ -5,15 +5,20 @@ model's timeout is restarted (and not ready meanwhile), and calls whose caller g
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from servers import kill_all, serve, wait_gone
 
 import servegraph as sg
 from servegraph.clients import Client
+
+grpcclient = pytest.importorskip("tritonclient.grpc")
 
 
 def pid_of(client: Client, name: str) -> int:
@@ -69,3 +74,69 @@ def test_workers_die_within_2s_of_a_killed_router_even_when_a_model_blocks_their
                         call.result(timeout=5)
         finally:
             kill_all(workers)
+
+
+@pytest.fixture(scope="module")
+def lifecycle():
+    with (
+        serve("served_models:lifecycle", "--metrics-port", "0") as served,
+        Client(served.address, timeout=20) as client,
+    ):
+        yield served, client
+
+
+def restarts(served, worker: str) -> float:
+    url = re.search(r"metrics on (http://\S+/metrics)", served.log())[1]
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        families = text_string_to_metric_families(reply.read().decode())
+    samples = {(s.name, s.labels.get("worker")): s.value for family in families for s in family.samples}
+    return samples[("servegraph_worker_restarts_total", worker)]
+
+
+def test_a_worker_hung_past_its_models_timeout_is_restarted_and_not_ready_meanwhile(lifecycle):
+    served, client = lifecycle
+    triton = grpcclient.InferenceServerClient(served.address)
+    before = pid_of(client, "hung")
+    started = time.monotonic()
+    with pytest.raises(sg.DeadlineExceeded, match=r"within its 1\.0s timeout"):
+        client.invoke({"models": ["hung"], "sleep": 60})
+    assert time.monotonic() - started < 2
+    assert not triton.is_model_ready("hung"), "a worker still busy past its model's timeout is not ready"
+    assert triton.is_model_ready("slow")
+    deadline = time.monotonic() + 15  # the 2 s grace, then a fresh worker loads
+    while True:
+        try:
+            after = pid_of(client, "hung")
+            break
+        except (sg.DeadlineExceeded, sg.Unavailable):
+            assert time.monotonic() < deadline, served.log()
+            time.sleep(0.1)
+    assert after != before
+    assert wait_gone({before}, 2.0) == set()
+    assert triton.is_model_ready("hung")
+    assert restarts(served, "hung") == 1
+    assert f"worker 'hung' (pid {before}) has not answered a call" in served.log()
+    assert [pid_of(client, "hung") for _ in range(3)] == [after] * 3
+
+
+def test_a_sync_call_whose_caller_gave_up_is_dropped_before_it_starts(lifecycle):
+    _, client = lifecycle
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.invoke, {"models": ["slow"], "sleep": 2})
+        wait_in_flight(client, {"slow": 1})
+        with pytest.raises(sg.DeadlineExceeded):  # queued behind the first call, then abandoned
+            client.invoke({"models": ["slow"], "sleep": 5}, timeout=1)
+        first.result(timeout=10)
+    first_done = time.monotonic()
+    pid_of(client, "slow")
+    assert time.monotonic() - first_done < 1.0, "the next call must not wait for the abandoned one"
+
+
+def test_an_async_predict_whose_caller_gave_up_is_cancelled(lifecycle):
+    _, client = lifecycle
+    started = time.monotonic()
+    with pytest.raises(sg.DeadlineExceeded):
+        client.invoke({"models": ["serial"], "sleep": 5}, timeout=1)
+    pid_of(client, "serial")  # waits for the model's lock while the abandoned predict holds it
+    assert time.monotonic() - started < 2.5
+

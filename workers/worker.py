@@ -43,6 +43,15 @@ from servegraph.v1 import worker_pb2, worker_pb2_grpc
 logger = logging.getLogger("servegraph.worker")
 
 
+class Cancelled(ServingError):
+    """The answer to a call the router cancelled (its caller gave up), which nobody waits for."""
+
+    code = "CANCELLED"
+
+    def __init__(self) -> None:
+        super().__init__("the router cancelled the call")
+
+
 class WorkerService(worker_pb2_grpc.WorkerServicer):
     def __init__(self, models: list[HostedModel]):
         self.endpoints = {endpoint: model for model in models for endpoint in (model.spec.name, *model.proxies)}
@@ -52,29 +61,46 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self, batches: AsyncIterator[worker_pb2.PredictBatch], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.PredictResults]:
         """Serve the router's unary calls as they arrive on the stream, answering each when done
-        (the answers ready together in one message)."""
+        (the answers ready together in one message). A call the router cancels is skipped if it has
+        not started, and cancelled if it runs on the event loop."""
+        calls: dict[int, asyncio.Task[Any] | None] = {}
+        """The calls not cancelled nor answered yet: the task answering each, once it has started."""
 
         async def requests() -> AsyncIterator[worker_pb2.PredictRequest]:
             async for batch in batches:
                 for request in batch.requests:
+                    calls[request.call_id] = None
                     yield request
+                for call_id in batch.cancelled:
+                    if task := calls.pop(call_id, None):
+                        task.cancel()
 
-        async for answers in answer_concurrently(requests(), self._answer):
+        async for answers in answer_concurrently(requests(), functools.partial(self._answer, calls=calls)):
             results = worker_pb2.PredictResults()
             for write in answers:
                 write(results.responses.add())
             yield results
 
     async def _answer(
-        self, request: worker_pb2.PredictRequest
+        self, request: worker_pb2.PredictRequest, calls: dict[int, asyncio.Task[Any] | None]
     ) -> AsyncIterator[Callable[[worker_pb2.PredictResponse], None]]:
         """How to write the answer into its place in the outgoing message (building a response apart
         and adding it to the message would copy it: milliseconds for a tensor of a few MB)."""
+        if request.call_id not in calls:  # cancelled before it started
+            yield functools.partial(_write_answer, request=request, error=Cancelled())
+            return
+        calls[request.call_id] = asyncio.current_task()
         try:
             result = await self._predict(request)
+        except asyncio.CancelledError:
+            if calls.pop(request.call_id, None):  # not the router's cancel: the stream is closing
+                raise
+            yield functools.partial(_write_answer, request=request, error=Cancelled())
         except Exception as error:
+            calls.pop(request.call_id, None)
             yield functools.partial(_write_answer, request=request, error=error)
         else:
+            calls.pop(request.call_id, None)
             yield functools.partial(_write_answer, request=request, result=result)
 
     async def _predict(self, request: worker_pb2.PredictRequest) -> Any:
@@ -84,8 +110,20 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             return await model.operation(request.operation, body)
         if model.is_async:
             return await model.predict_async(body, request.endpoint)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.thread, model.predict, body, request.endpoint)
+        return await self._on_thread(model.predict, body, request.endpoint)
+
+    async def _on_thread(self, predict: Callable[..., Any], *args: Any) -> Any:
+        """Run on the predict thread. Cancelled before it starts, it never runs; once started it cannot
+        be stopped, so the cancelled call ends only with it: the router tells a hung predict by the
+        answer that does not come."""
+        future = self.thread.submit(predict, *args)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if not future.cancel():
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(future)
+            raise
 
     @reports_errors
     async def PredictStream(

@@ -34,10 +34,12 @@ class PredictResponse(_message.Message):
     def __init__(self, result: _Optional[_Union[_types_pb2.Payload, _Mapping]] = ..., call_id: _Optional[int] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
 
 class PredictBatch(_message.Message):
-    __slots__ = ("requests",)
+    __slots__ = ("requests", "cancelled")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[PredictRequest]
-    def __init__(self, requests: _Optional[_Iterable[_Union[PredictRequest, _Mapping]]] = ...) -> None: ...
+    cancelled: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, requests: _Optional[_Iterable[_Union[PredictRequest, _Mapping]]] = ..., cancelled: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PredictResults(_message.Message):
     __slots__ = ("responses",)

@@ -7,6 +7,11 @@ is being written the next calls gather into the next. At one call at a time that
 call; under load one message serves many. Requests carry a call_id; a reader task hands each
 response to the caller waiting for that id. When the stream breaks (the worker died) every waiting
 call fails with `StreamClosed`.
+
+A caller that gives up (its client went away, or the model's timeout passed) sends the call's id in
+the next message's `cancelled`: the worker skips the call if it has not started, cancels it if it is
+async, and answers it either way. A call the worker has not answered `HUNG_GRACE` seconds past its
+model's timeout means a predict that does not return: `on_hung` is told, and the worker restarted.
 """
 
 from __future__ import annotations
@@ -19,23 +24,34 @@ import grpc
 
 from ..v1 import worker_pb2, worker_pb2_grpc
 
+HUNG_GRACE = 2.0
+"""Seconds past its model's timeout that a worker may take to answer a call before it counts as hung."""
+
 
 class StreamClosed(ConnectionError):
     """The worker's stream ended while the call waited for its answer."""
 
 
 class CallStream:
-    def __init__(self, stub: worker_pb2_grpc.WorkerStub):
+    def __init__(self, stub: worker_pb2_grpc.WorkerStub, on_hung: Callable[[], None]):
         self._call = stub.Predict()
+        self._on_hung = on_hung
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[worker_pb2.PredictResponse]] = {}
+        """Every call the worker has not answered yet, those whose caller gave up included."""
+        self._deadlines: dict[int, float] = {}
+        """When each unanswered call with a timeout should have been answered (loop time)."""
         self._batch = worker_pb2.PredictBatch()
         self._queued = asyncio.Event()
         self._writer = asyncio.create_task(self._write(), name="worker-calls-write")
         self._reader = asyncio.create_task(self._read(), name="worker-calls-read")
 
-    async def call(self, fill: Callable[[worker_pb2.PredictRequest], None]) -> worker_pb2.PredictResponse:
-        """Send the request that `fill` writes (into the next message, so it is never copied)."""
+    async def call(
+        self, fill: Callable[[worker_pb2.PredictRequest], None], timeout: float | None = None
+    ) -> worker_pb2.PredictResponse:
+        """Send the request that `fill` writes (into the next message, so it is never copied).
+
+        `timeout` is the model's (the caller enforces it): what tells a slow worker from a hung one."""
         if self._reader.done() or self._writer.done():
             raise StreamClosed("the worker's call stream is closed")
         request = self._batch.requests.add()
@@ -45,12 +61,24 @@ class CallStream:
             del self._batch.requests[-1]
             raise
         request.call_id = call_id = next(self._ids)
-        answer = self._waiting[call_id] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer = self._waiting[call_id] = loop.create_future()
+        if timeout is not None:
+            self._deadlines[call_id] = loop.time() + timeout
+            loop.call_later(timeout + HUNG_GRACE, self._check_answered, call_id)
         self._queued.set()
         try:
             return await answer
-        finally:
-            self._waiting.pop(call_id, None)
+        except asyncio.CancelledError:
+            if call_id in self._waiting:  # the caller gave up before the answer came: tell the worker
+                self._batch.cancelled.append(call_id)
+                self._queued.set()
+            raise
+
+    def overdue(self) -> bool:
+        """Whether some call is still unanswered past its model's timeout (the worker may be hung)."""
+        now = asyncio.get_running_loop().time()
+        return any(deadline <= now for deadline in self._deadlines.values())
 
     async def close(self) -> None:
         """Cancel the stream and wait for its tasks (a cancellation of the caller itself still propagates)."""
@@ -58,6 +86,10 @@ class CallStream:
         self._writer.cancel()
         self._reader.cancel()
         await asyncio.wait([self._writer, self._reader])
+
+    def _check_answered(self, call_id: int) -> None:
+        if call_id in self._waiting:
+            self._on_hung()
 
     async def _write(self) -> None:
         try:
@@ -73,7 +105,8 @@ class CallStream:
         try:
             async for results in self._call:
                 for response in results.responses:
-                    answer = self._waiting.get(response.call_id)
+                    self._deadlines.pop(response.call_id, None)
+                    answer = self._waiting.pop(response.call_id, None)
                     if answer is not None and not answer.done():
                         answer.set_result(response)
         except (grpc.RpcError, asyncio.CancelledError):
@@ -85,3 +118,5 @@ class CallStream:
         for answer in self._waiting.values():
             if not answer.done():
                 answer.set_exception(StreamClosed(reason))
+        self._waiting.clear()
+        self._deadlines.clear()

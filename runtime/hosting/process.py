@@ -31,7 +31,7 @@ from ..errors import GraphError, Unavailable
 from ..models.artifacts import ModelArtifact
 from ..models.spec import ModelSpec
 from ..v1 import worker_pb2_grpc
-from .calls import CallStream
+from .calls import HUNG_GRACE, CallStream
 
 logger = logging.getLogger("servegraph.worker")
 
@@ -110,6 +110,10 @@ class WorkerProcess:
     def is_down(self) -> bool:
         return not self.ready.is_set() or (self._process is not None and self._process.exited())
 
+    def is_hung(self) -> bool:
+        """Whether it holds a call past its model's timeout: not ready, and restarted unless it answers soon."""
+        return self.calls is not None and self.calls.overdue()
+
     # -- internals ----------------------------------------------------------------------------------
     async def _spawn(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -134,7 +138,7 @@ class WorkerProcess:
             options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
         )
         self.stub = worker_pb2_grpc.WorkerStub(self._channel)
-        self.calls = CallStream(self.stub)
+        self.calls = CallStream(self.stub, self._restart_hung)
         self._relay = asyncio.create_task(self._relay_output(), name=f"output-{self.name}")
         self.ready.set()
         self.up = True
@@ -186,6 +190,18 @@ class WorkerProcess:
                     logger.error("restarting worker '%s' failed: %s", self.name, error)
             self.restarts += 1
             failures = 0
+
+    def _restart_hung(self) -> None:
+        """A predict outlived its model's timeout by `HUNG_GRACE`: kill the worker, which the supervisor restarts."""
+        if self._stopping or self.is_down():
+            return
+        assert self._process is not None
+        logger.warning(
+            "worker '%s' (pid %s) has not answered a call %.1fs past its model's timeout; killing it",
+            *(self.name, self.pid, HUNG_GRACE),
+        )
+        self.ready.clear()
+        self._process.kill()
 
     async def _terminate(self, grace: float) -> None:
         process = self._process
