@@ -131,13 +131,18 @@ class Shared(sg.Model):
 
 
 class Tokens(sg.Model):
-    """A generator predict: ``n`` chunks, ``delay`` seconds apart, each stamped with when it was made."""
+    """A generator predict: ``n`` chunks, ``delay`` seconds apart, each stamped with when it was made
+    (and ``pad`` bytes of padding, when asked)."""
 
     def predict(self, body):
+        padding = "." * int(body.get("pad", 0))
         for i in range(int(body.get("n", 3))):
             if i:
                 time.sleep(float(body.get("delay", 0)))
-            yield {"i": i, "at": time.time(), "pid": os.getpid()}
+            chunk = {"i": i, "at": time.time(), "pid": os.getpid()}
+            if padding:
+                chunk["pad"] = padding
+            yield chunk
 
 
 class Printer(sg.Model):

@@ -140,3 +140,17 @@ def test_an_async_predict_whose_caller_gave_up_is_cancelled(lifecycle):
     pid_of(client, "serial")  # waits for the model's lock while the abandoned predict holds it
     assert time.monotonic() - started < 2.5
 
+
+def test_a_stream_whose_reader_stalls_frees_its_models_thread(monkeypatch):
+    """A client that stops reading without cancelling holds the worker's one thread for
+    SERVEGRAPH_STREAM_STALL_TIMEOUT seconds at most."""
+    monkeypatch.setenv("SERVEGRAPH_STREAM_STALL_TIMEOUT", "1")
+    with serve("served_models:tokens") as served, Client(served.address, timeout=20) as client:
+        stalled = client.stream({"n": 1_000_000, "pad": 10_000})
+        try:
+            next(stalled)  # then reads no more: the buffers on the way fill, and the generator waits
+            started = time.monotonic()
+            assert [chunk["i"] for chunk in client.stream({"n": 2})] == [0, 1]
+            assert time.monotonic() - started < 8
+        finally:
+            stalled.close()
