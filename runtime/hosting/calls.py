@@ -39,8 +39,8 @@ class CallStream:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[worker_pb2.PredictResponse]] = {}
         """Every call the worker has not answered yet, those whose caller gave up included."""
-        self._deadlines: dict[int, float] = {}
-        """When each unanswered call with a timeout should have been answered (loop time)."""
+        self._hang_checks: dict[int, asyncio.TimerHandle] = {}
+        """For each unanswered call with a timeout: the check, `HUNG_GRACE` past it, that it was answered."""
         self._batch = worker_pb2.PredictBatch()
         self._queued = asyncio.Event()
         self._writer = asyncio.create_task(self._write(), name="worker-calls-write")
@@ -64,8 +64,7 @@ class CallStream:
         loop = asyncio.get_running_loop()
         answer = self._waiting[call_id] = loop.create_future()
         if timeout is not None:
-            self._deadlines[call_id] = loop.time() + timeout
-            loop.call_later(timeout + HUNG_GRACE, self._check_answered, call_id)
+            self._hang_checks[call_id] = loop.call_later(timeout + HUNG_GRACE, self._on_hung)
         self._queued.set()
         try:
             return await answer
@@ -78,7 +77,7 @@ class CallStream:
     def overdue(self) -> bool:
         """Whether some call is still unanswered past its model's timeout (the worker may be hung)."""
         now = asyncio.get_running_loop().time()
-        return any(deadline <= now for deadline in self._deadlines.values())
+        return any(check.when() - HUNG_GRACE <= now for check in self._hang_checks.values())
 
     async def close(self) -> None:
         """Cancel the stream and wait for its tasks (a cancellation of the caller itself still propagates)."""
@@ -86,10 +85,6 @@ class CallStream:
         self._writer.cancel()
         self._reader.cancel()
         await asyncio.wait([self._writer, self._reader])
-
-    def _check_answered(self, call_id: int) -> None:
-        if call_id in self._waiting:
-            self._on_hung()
 
     async def _write(self) -> None:
         try:
@@ -105,7 +100,8 @@ class CallStream:
         try:
             async for results in self._call:
                 for response in results.responses:
-                    self._deadlines.pop(response.call_id, None)
+                    if check := self._hang_checks.pop(response.call_id, None):
+                        check.cancel()
                     answer = self._waiting.pop(response.call_id, None)
                     if answer is not None and not answer.done():
                         answer.set_result(response)
@@ -119,4 +115,6 @@ class CallStream:
             if not answer.done():
                 answer.set_exception(StreamClosed(reason))
         self._waiting.clear()
-        self._deadlines.clear()
+        for check in self._hang_checks.values():
+            check.cancel()
+        self._hang_checks.clear()
