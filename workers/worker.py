@@ -192,14 +192,15 @@ def load_models(placements: dict[str, Any]) -> list[HostedModel]:
 def leave_shutdown_to(parent: int, socket: str, stop: Callable[[], None]) -> None:
     """Stop when the router says so, serve on through signals meant for it, and never outlive it.
 
-    SIGTERM and SIGINT are ignored: a signal to the whole process group (Ctrl-C in a terminal,
+    SIGTERM and SIGINT do nothing: a signal to the whole process group (Ctrl-C in a terminal,
     systemd's stop) reaches the workers too, and the router drains its in-flight calls only if its
     workers go on serving them. The router asks a worker to stop by closing its stdin (`stop` runs on
     the event loop). Its death closes stdin too, and then a thread that needs nothing of the event loop
     (which a model may block for any time) removes what the router left behind and exits at once.
     """
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, _ignore)  # not SIG_IGN, which processes a model starts would inherit
+        signal.siginterrupt(sig, False)
     loop = asyncio.get_running_loop()
 
     def asked_to_stop() -> None:
@@ -207,6 +208,10 @@ def leave_shutdown_to(parent: int, socket: str, stop: Callable[[], None]) -> Non
             loop.call_soon_threadsafe(stop)
 
     threading.Thread(target=_watch_router, args=(parent, socket, asked_to_stop), name="router", daemon=True).start()
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A signal meant for the router (see `leave_shutdown_to`)."""
 
 
 def _watch_router(parent: int, socket: str, asked_to_stop: Callable[[], None]) -> None:
