@@ -77,12 +77,16 @@ def main(argv: list[str]) -> int:
         print(f"Q: {question}\nA: ", end="", flush=True)
         started = time.perf_counter()
         first = None
-        for chunk in client.stream({"question": question}):
-            if isinstance(chunk, str):
-                first = first or time.perf_counter() - started
-                print(chunk, end="", flush=True)
-            else:
-                usage = chunk["usage"]
+        try:
+            for chunk in client.stream({"question": question}):
+                if isinstance(chunk, str):
+                    first = first or time.perf_counter() - started
+                    print(chunk, end="", flush=True)
+                else:
+                    usage = chunk["usage"]
+        except sg.ServingError as error:  # a refusal (the guardrail's) is an answer, not a crash
+            print(f"(refused) {error}")
+            return 1
         elapsed = time.perf_counter() - started
         print(
             f"\n\n[{usage['completion_tokens']} tokens in {elapsed:.1f} s, first after {first or 0:.2f} s; "

@@ -4,12 +4,18 @@ answered concurrently. Used on both sides of the router ↔ worker socket."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
+from .errors import DeadlineExceeded
+
+STALL_TIMEOUT = float(os.environ.get("SERVEGRAPH_STREAM_STALL_TIMEOUT", "60"))
+"""Seconds a sync generator waits for its stream's reader to make room before it is stopped: a client
+that stops reading without cancelling must not hold the model's thread (a worker's only one) for ever."""
 Request = TypeVar("Request")
 Answer = TypeVar("Answer")
 
@@ -20,9 +26,10 @@ class ChunkPump:
     The one way servegraph runs a sync generator (a step, a model's token stream) off the event loop.
     With `coalesce`, text chunks the consumer has not read yet merge into one (a slow reader of a
     token stream must neither stall generation nor queue without bound); other chunks wait for room
-    (`max_pending`). When the consumer goes away the iterator is closed between two chunks, which
-    stops generation. The loop is woken once per batch of chunks, not per chunk: a wake-up from
-    another thread costs more than handing over a small chunk.
+    (`max_pending`), for `STALL_TIMEOUT` seconds at most: then the iterator is closed and the stream
+    fails with DEADLINE_EXCEEDED. When the consumer goes away the iterator is closed between two
+    chunks, which stops generation. The loop is woken once per batch of chunks, not per chunk: a
+    wake-up from another thread costs more than handing over a small chunk.
     """
 
     def __init__(
@@ -50,8 +57,12 @@ class ChunkPump:
                     if self._coalesce and isinstance(chunk, str) and self._items and isinstance(self._items[-1], str):
                         self._items[-1] += chunk
                         continue
-                    while len(self._items) >= self._max_pending and not self._stopped:
-                        self._lock.wait()
+                    if not self._lock.wait_for(self._room, STALL_TIMEOUT):
+                        raise DeadlineExceeded(
+                            f"the stream's reader took nothing for {STALL_TIMEOUT:g}s: stopped to free its thread"
+                        )
+                    if self._stopped:
+                        break
                     self._items.append(chunk)
                     first = len(self._items) == 1  # the consumer took everything before: it needs waking
                 if first:
@@ -65,6 +76,9 @@ class ChunkPump:
             with self._lock:
                 self._done = True
             self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _room(self) -> bool:
+        return len(self._items) < self._max_pending or self._stopped
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         batches = self.batches()

@@ -77,9 +77,35 @@ class Slow(sg.Model):
 
 
 class AsyncSlow(sg.Model):
+    prefer_async = True  # its predict_async serves many calls at once, in a worker too
+
     async def predict_async(self, body):
         await asyncio.sleep(float(body.get("sleep", 0)))
         return {"pid": os.getpid(), "slept": body.get("sleep", 0)}
+
+
+class Blocking(sg.Model):
+    """An async predict that blocks its event loop: ``time.sleep(body["block"])`` (a model done wrong)."""
+
+    prefer_async = True
+
+    async def predict_async(self, body):
+        time.sleep(float(body.get("block", 0)))
+        return {"pid": os.getpid()}
+
+
+class AsyncSerial(sg.Model):
+    """An async predict that serves one call at a time (as a model guarding a device would)."""
+
+    prefer_async = True
+
+    def load(self) -> None:
+        self.lock = asyncio.Lock()
+
+    async def predict_async(self, body):
+        async with self.lock:
+            await asyncio.sleep(float(body.get("sleep", 0)))
+        return {"pid": os.getpid()}
 
 
 class Wrapped(Echo):
@@ -111,13 +137,18 @@ class Shared(sg.Model):
 
 
 class Tokens(sg.Model):
-    """A generator predict: ``n`` chunks, ``delay`` seconds apart, each stamped with when it was made."""
+    """A generator predict: ``n`` chunks, ``delay`` seconds apart, each stamped with when it was made
+    (and ``pad`` bytes of padding, when asked)."""
 
     def predict(self, body):
+        padding = "." * int(body.get("pad", 0))
         for i in range(int(body.get("n", 3))):
             if i:
                 time.sleep(float(body.get("delay", 0)))
-            yield {"i": i, "at": time.time(), "pid": os.getpid()}
+            chunk = {"i": i, "at": time.time(), "pid": os.getpid()}
+            if padding:
+                chunk["pad"] = padding
+            yield chunk
 
 
 class Printer(sg.Model):

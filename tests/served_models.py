@@ -55,6 +55,30 @@ def build_crashy() -> sg.Graph:
     return graph
 
 
+def build_lifecycle() -> sg.Graph:
+    """Worker models for supervision: a sync sleeper, one with a 1 s timeout, an async one that serves
+    a call at a time."""
+    graph = sg.Graph("lifecycle")
+    runner = sg.ModelRunnerStep(name="runner", model_selector=model_zoo.PickByKey())
+    runner.add_model("slow", model_zoo.Slow, execution_mechanism="dedicated_process")
+    runner.add_model("hung", model_zoo.Slow, execution_mechanism="dedicated_process", timeout=1.0)
+    runner.add_model("serial", model_zoo.AsyncSerial, execution_mechanism="dedicated_process")
+    graph.to(runner).respond()
+    return graph
+
+
+def build_draining() -> sg.Graph:
+    """For shutdown: a sync and an async sleeper and a model that blocks its event loop, each in a
+    worker of its own."""
+    graph = sg.Graph("draining")
+    runner = sg.ModelRunnerStep(name="runner", model_selector=model_zoo.PickByKey())
+    runner.add_model("slow", model_zoo.Slow, execution_mechanism="dedicated_process")
+    runner.add_model("async_slow", model_zoo.AsyncSlow, execution_mechanism="dedicated_process")
+    runner.add_model("blocking", model_zoo.Blocking, execution_mechanism="dedicated_process")
+    graph.to(runner).respond()
+    return graph
+
+
 def build_tokens() -> sg.Graph:
     graph = sg.Graph("tokens")
     graph.to(sg.ModelRunnerStep(name="runner")).respond().add_model(
@@ -76,6 +100,8 @@ def build_bad_load() -> sg.Graph:
 zoo = build_zoo
 crashy = build_crashy
 tokens = build_tokens
+lifecycle = build_lifecycle
+draining = build_draining
 bad_load = build_bad_load
 
 

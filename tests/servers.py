@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import signal
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from servegraph.serving.launcher import LaunchedRouter, launch, stop
 
 TESTS_DIR = Path(__file__).resolve().parent
 
-__all__ = ["TESTS_DIR", "serve", "stop"]
+__all__ = ["TESTS_DIR", "alive", "kill_all", "serve", "stop", "wait_gone"]
 
 
 @contextlib.contextmanager
@@ -20,3 +22,26 @@ def serve(target: str, *args: str, timeout: float = 60.0) -> Iterator[LaunchedRo
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
     with launch(target, *args, cwd=TESTS_DIR, env=env, timeout=timeout) as router:
         yield router
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped by its new parent, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_gone(pids: Iterable[int], within: float) -> set[int]:
+    """The pids still alive after waiting up to `within` seconds."""
+    deadline = time.monotonic() + within
+    while (left := {pid for pid in pids if alive(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def kill_all(pids: Iterable[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -16,33 +16,10 @@ from pathlib import Path
 
 import pytest
 from served_models import CRASHY_WORKERS, IN_ROUTER, IN_WORKERS, MECHANISMS, PROXIES, build_bad_load, build_crashy
-from servers import TESTS_DIR, serve, stop
+from servers import TESTS_DIR, alive, kill_all, serve, stop, wait_gone
 
 import servegraph as sg
 from servegraph.clients import Client
-
-
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie, dead but not yet reaped by its new parent, counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def wait_gone(pids, within: float) -> set[int]:
-    """The pids still alive after waiting up to `within` seconds."""
-    deadline = time.monotonic() + within
-    while (left := {pid for pid in pids if alive(pid)}) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
-
-
-def kill_all(pids) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def retry(call, within: float = 10.0):

@@ -5,8 +5,9 @@ models' declarations as JSON on stdin: each model with the proxies it serves and
 so a call names only its endpoint. Models are imported by path and loaded here, never in the
 router. Sync predicts run on one worker thread, so a worker process handles one sync call (or one
 batch, for a model with ``predict_batch``) at a time (scale with processes); async predicts run on
-the worker's event loop. gRPC health says
-SERVING once every model has loaded. The worker exits when its parent (the router) dies.
+the worker's event loop. gRPC health says SERVING once every model has loaded. The router stops a
+worker by closing its stdin; signals are the router's to handle, and the worker exits at once when
+the router dies (`leave_shutdown_to`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import functools
 import json
 import logging
 import os
+import select
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +45,15 @@ from servegraph.v1 import types_pb2, worker_pb2, worker_pb2_grpc
 logger = logging.getLogger("servegraph.worker")
 
 
+class Cancelled(ServingError):
+    """The answer to a call the router cancelled (its caller gave up), which nobody waits for."""
+
+    code = "CANCELLED"
+
+    def __init__(self) -> None:
+        super().__init__("the router cancelled the call")
+
+
 class WorkerService(worker_pb2_grpc.WorkerServicer):
     def __init__(self, models: list[HostedModel]):
         self.endpoints = {endpoint: model for model in models for endpoint in (model.spec.name, *model.proxies)}
@@ -53,29 +64,46 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self, batches: AsyncIterator[worker_pb2.PredictBatch], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.PredictResults]:
         """Serve the router's unary calls as they arrive on the stream, answering each when done
-        (the answers ready together in one message)."""
+        (the answers ready together in one message). A call the router cancels is skipped if it has
+        not started, and cancelled if it runs on the event loop."""
+        calls: dict[int, asyncio.Task[Any] | None] = {}
+        """The calls not cancelled nor answered yet: the task answering each, once it has started."""
 
         async def requests() -> AsyncIterator[worker_pb2.PredictRequest]:
             async for batch in batches:
                 for request in batch.requests:
+                    calls[request.call_id] = None
                     yield request
+                for call_id in batch.cancelled:
+                    if task := calls.pop(call_id, None):
+                        task.cancel()
 
-        async for answers in answer_concurrently(requests(), self._answer):
+        async for answers in answer_concurrently(requests(), functools.partial(self._answer, calls=calls)):
             results = worker_pb2.PredictResults()
             for write in answers:
                 write(results.responses.add())
             yield results
 
     async def _answer(
-        self, request: worker_pb2.PredictRequest
+        self, request: worker_pb2.PredictRequest, calls: dict[int, asyncio.Task[Any] | None]
     ) -> AsyncIterator[Callable[[worker_pb2.PredictResponse], None]]:
         """How to write the answer into its place in the outgoing message (building a response apart
         and adding it to the message would copy it: milliseconds for a tensor of a few MB)."""
+        if request.call_id not in calls:  # cancelled before it started
+            yield functools.partial(_write_answer, request=request, error=Cancelled())
+            return
+        calls[request.call_id] = asyncio.current_task()
         try:
             result = await self._predict(request)
+        except asyncio.CancelledError:
+            if calls.pop(request.call_id, None):  # not the router's cancel: the stream is closing
+                raise
+            yield functools.partial(_write_answer, request=request, error=Cancelled())
         except Exception as error:
+            calls.pop(request.call_id, None)
             yield functools.partial(_write_answer, request=request, error=error)
         else:
+            calls.pop(request.call_id, None)
             yield functools.partial(_write_answer, request=request, result=result)
 
     async def _predict(self, request: worker_pb2.PredictRequest) -> Any:
@@ -87,8 +115,20 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             return await batcher.submit(body)
         if model.is_async:
             return await model.predict_async(body, request.endpoint)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.thread, model.predict, body, request.endpoint)
+        return await self._on_thread(model.predict, body, request.endpoint)
+
+    async def _on_thread(self, predict: Callable[..., Any], *args: Any) -> Any:
+        """Run on the predict thread. Cancelled before it starts, it never runs; once started it cannot
+        be stopped, so the cancelled call ends only with it: the router tells a hung predict by the
+        answer that does not come."""
+        future = self.thread.submit(predict, *args)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if not future.cancel():
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(future)
+            raise
 
     @reports_errors
     async def PredictStream(
@@ -162,30 +202,57 @@ def load_models(placements: dict[str, Any]) -> list[HostedModel]:
     return models
 
 
-def watch_parent(parent: int, socket: str) -> None:
-    """Exit with the router: the kernel signals us when it dies (Linux), else a poll notices."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        clean_up_after(parent, socket)
-        os._exit(0)
+def leave_shutdown_to(parent: int, socket: str, stop: Callable[[], None]) -> None:
+    """Stop when the router says so, serve on through signals meant for it, and never outlive it.
 
-    async def poll() -> None:
-        while os.getppid() == parent:
-            await asyncio.sleep(1.0)
-        clean_up_after(parent, socket)
-        os._exit(0)
+    SIGTERM and SIGINT do nothing: a signal to the whole process group (Ctrl-C in a terminal,
+    systemd's stop) reaches the workers too, and the router drains its in-flight calls only if its
+    workers go on serving them. The router asks a worker to stop by closing its stdin (`stop` runs on
+    the event loop). Its death closes stdin too, and then a thread that needs nothing of the event loop
+    (which a model may block for any time) removes what the router left behind and exits at once.
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _ignore)  # not SIG_IGN, which processes a model starts would inherit
+        signal.siginterrupt(sig, False)
+    loop = asyncio.get_running_loop()
 
-    asyncio.get_running_loop().create_task(poll())
+    def asked_to_stop() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: stopping already
+            loop.call_soon_threadsafe(stop)
+
+    threading.Thread(target=_watch_router, args=(parent, socket, asked_to_stop), name="router", daemon=True).start()
 
 
-def clean_up_after(parent: int, socket: str) -> None:
+def _ignore(signum: int, frame: object) -> None:
+    """A signal meant for the router (see `leave_shutdown_to`)."""
+
+
+def _watch_router(parent: int, socket: str, asked_to_stop: Callable[[], None]) -> None:
+    """Poll stdin (its end means stop) and the router (a pidfd, else its pid every 0.2 s) until it dies."""
+    watch = select.poll()
+    stdin = sys.stdin.fileno()
+    watch.register(stdin, select.POLLIN)
+    try:
+        router: int | None = os.pidfd_open(parent)
+        watch.register(router, select.POLLIN)
+    except (AttributeError, OSError):  # not Linux, or an old kernel; or the router is gone already
+        router = None
+    while os.getppid() == parent:
+        ready = {fd for fd, _ in watch.poll(None if router is not None else 200)}
+        if router in ready:
+            break
+        if stdin in ready and not os.read(stdin, 1 << 12):  # the router's end closed: asked to stop, or it died
+            watch.unregister(stdin)
+            asked_to_stop()
+    clean_up_after_router(socket)
+    os._exit(0)
+
+
+def clean_up_after_router(socket: str) -> None:
     """A router that died (SIGKILL) left its private socket directory behind: its last worker removes it.
 
     A live router removes both itself, and needs the directory to restart a worker that stopped.
     """
-    if os.getppid() == parent:
-        return
     with contextlib.suppress(OSError):
         os.unlink(socket)
     with contextlib.suppress(OSError):  # fails while other workers' sockets are still in it
@@ -193,7 +260,8 @@ def clean_up_after(parent: int, socket: str) -> None:
 
 
 async def serve(name: str, socket: str, placements: dict[str, Any], parent: int) -> None:
-    watch_parent(parent, socket)
+    stopping = asyncio.Event()
+    leave_shutdown_to(parent, socket, stopping.set)
     models = load_models(placements)
     server = grpc.aio.server(options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
     worker_pb2_grpc.add_WorkerServicer_to_server(WorkerService(models), server)
@@ -203,14 +271,9 @@ async def serve(name: str, socket: str, placements: dict[str, Any], parent: int)
     server.add_insecure_port(address)
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
     print(f"serving worker '{name}' on {address}", flush=True)
     await stopping.wait()
     await server.stop(1.0)
-    clean_up_after(parent, socket)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,15 +283,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s", stream=sys.stdout)
-    placements = json.load(sys.stdin)
+    placements = json.loads(sys.stdin.buffer.readline())  # one line: stdin stays open until the router stops us
     try:
         uvloop.run(serve(args.name, args.socket, placements, args.parent))
     except Exception:
         traceback.print_exc(file=sys.stdout)
         sys.stdout.flush()
         return 3
-    # Stopped (by the router, or because it died): exit now. A normal exit would first wait for a
-    # predict still running on the predict thread, however long it takes.
+    # Stopped by the router: exit now. A normal exit would first wait for a predict still running on
+    # the predict thread, however long it takes.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -40,10 +40,12 @@ class PredictChunks(_message.Message):
     def __init__(self, chunks: _Optional[_Iterable[_Union[_types_pb2.Payload, _Mapping]]] = ...) -> None: ...
 
 class PredictBatch(_message.Message):
-    __slots__ = ("requests",)
+    __slots__ = ("requests", "cancelled")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
     requests: _containers.RepeatedCompositeFieldContainer[PredictRequest]
-    def __init__(self, requests: _Optional[_Iterable[_Union[PredictRequest, _Mapping]]] = ...) -> None: ...
+    cancelled: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, requests: _Optional[_Iterable[_Union[PredictRequest, _Mapping]]] = ..., cancelled: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PredictResults(_message.Message):
     __slots__ = ("responses",)

@@ -7,12 +7,16 @@ is being written the next calls gather into the next. At one call at a time that
 call; under load one message serves many. Requests carry a call_id; a reader task hands each
 response to the caller waiting for that id. When the stream breaks (the worker died) every waiting
 call fails with `StreamClosed`.
+
+A caller that gives up (its client went away, or the model's timeout passed) sends the call's id in
+the next message's `cancelled`: the worker skips the call if it has not started, cancels it if it is
+async, and answers it either way. A call the worker has not answered `HUNG_GRACE` seconds past its
+model's timeout means a predict that does not return: `on_hung` is told, and the worker restarted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import Callable
 
@@ -20,23 +24,34 @@ import grpc
 
 from ..v1 import worker_pb2, worker_pb2_grpc
 
+HUNG_GRACE = 2.0
+"""Seconds past its model's timeout that a worker may take to answer a call before it counts as hung."""
+
 
 class StreamClosed(ConnectionError):
     """The worker's stream ended while the call waited for its answer."""
 
 
 class CallStream:
-    def __init__(self, stub: worker_pb2_grpc.WorkerStub):
+    def __init__(self, stub: worker_pb2_grpc.WorkerStub, on_hung: Callable[[], None]):
         self._call = stub.Predict()
+        self._on_hung = on_hung
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[worker_pb2.PredictResponse]] = {}
+        """Every call the worker has not answered yet, those whose caller gave up included."""
+        self._hang_checks: dict[int, asyncio.TimerHandle] = {}
+        """For each unanswered call with a timeout: the check, `HUNG_GRACE` past it, that it was answered."""
         self._batch = worker_pb2.PredictBatch()
         self._queued = asyncio.Event()
         self._writer = asyncio.create_task(self._write(), name="worker-calls-write")
         self._reader = asyncio.create_task(self._read(), name="worker-calls-read")
 
-    async def call(self, fill: Callable[[worker_pb2.PredictRequest], None]) -> worker_pb2.PredictResponse:
-        """Send the request that `fill` writes (into the next message, so it is never copied)."""
+    async def call(
+        self, fill: Callable[[worker_pb2.PredictRequest], None], timeout: float | None = None
+    ) -> worker_pb2.PredictResponse:
+        """Send the request that `fill` writes (into the next message, so it is never copied).
+
+        `timeout` is the model's (the caller enforces it): what tells a slow worker from a hung one."""
         if self._reader.done() or self._writer.done():
             raise StreamClosed("the worker's call stream is closed")
         request = self._batch.requests.add()
@@ -46,19 +61,30 @@ class CallStream:
             del self._batch.requests[-1]
             raise
         request.call_id = call_id = next(self._ids)
-        answer = self._waiting[call_id] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer = self._waiting[call_id] = loop.create_future()
+        if timeout is not None:
+            self._hang_checks[call_id] = loop.call_later(timeout + HUNG_GRACE, self._on_hung)
         self._queued.set()
         try:
             return await answer
-        finally:
-            self._waiting.pop(call_id, None)
+        except asyncio.CancelledError:
+            if call_id in self._waiting:  # the caller gave up before the answer came: tell the worker
+                self._batch.cancelled.append(call_id)
+                self._queued.set()
+            raise
+
+    def overdue(self) -> bool:
+        """Whether some call is still unanswered past its model's timeout (the worker may be hung)."""
+        now = asyncio.get_running_loop().time()
+        return any(check.when() - HUNG_GRACE <= now for check in self._hang_checks.values())
 
     async def close(self) -> None:
+        """Cancel the stream and wait for its tasks (a cancellation of the caller itself still propagates)."""
         self._call.cancel()
-        for task in (self._writer, self._reader):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._writer.cancel()
+        self._reader.cancel()
+        await asyncio.wait([self._writer, self._reader])
 
     async def _write(self) -> None:
         try:
@@ -74,7 +100,9 @@ class CallStream:
         try:
             async for results in self._call:
                 for response in results.responses:
-                    answer = self._waiting.get(response.call_id)
+                    if check := self._hang_checks.pop(response.call_id, None):
+                        check.cancel()
+                    answer = self._waiting.pop(response.call_id, None)
                     if answer is not None and not answer.done():
                         answer.set_result(response)
         except (grpc.RpcError, asyncio.CancelledError):
@@ -86,3 +114,7 @@ class CallStream:
         for answer in self._waiting.values():
             if not answer.done():
                 answer.set_exception(StreamClosed(reason))
+        self._waiting.clear()
+        for check in self._hang_checks.values():
+            check.cancel()
+        self._hang_checks.clear()

@@ -139,7 +139,7 @@ class WorkerHandle(ModelHandle):
         self.workers = workers
 
     def ready(self) -> bool:
-        return any(not worker.is_down() for worker in self.workers.processes)
+        return any(not (worker.is_down() or worker.is_hung()) for worker in self.workers.processes)
 
     def _fill(
         self, request: worker_pb2.PredictRequest, body: Any, endpoint: str, request_id: str, operation: str = ""
@@ -155,7 +155,7 @@ class WorkerHandle(ModelHandle):
         worker.in_flight += 1
         try:
             response = await worker.calls.call(  # type: ignore[union-attr]
-                lambda request: self._fill(request, body, endpoint, request_id, operation or "")
+                lambda request: self._fill(request, body, endpoint, request_id, operation or ""), self.timeout
             )
         except StreamClosed:
             raise self._unavailable(worker, endpoint) from None

@@ -2,10 +2,13 @@
 
 The router spawns ``python -m servegraph.workers.worker`` (a fresh interpreter: never a fork of a
 process that has imported gRPC), hands it its models' declarations (and their proxies' artifacts)
-on stdin, relays its output to the log prefixed with its name, and talks to it over a Unix socket in
-a private directory. If the
-process dies, calls in flight fail with UNAVAILABLE, and it is started again with backoff; calls
-that arrive meanwhile wait for it (bounded).
+as one line on stdin, relays its output to the log prefixed with its name, and talks to it over a
+Unix socket in a private directory. If the process dies, calls in flight fail with UNAVAILABLE, and
+it is started again with backoff; calls that arrive meanwhile wait for it (bounded).
+
+Stopping is the router's alone: a worker ignores SIGTERM and SIGINT (a signal to the whole process
+group must not cut the calls the router is draining) and stops when the router closes its stdin,
+or is killed if it has not within the grace.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from ..errors import GraphError, Unavailable
 from ..models.artifacts import ModelArtifact
 from ..models.spec import ModelSpec
 from ..v1 import worker_pb2_grpc
-from .calls import CallStream
+from .calls import HUNG_GRACE, CallStream
 
 logger = logging.getLogger("servegraph.worker")
 
@@ -82,12 +85,15 @@ class WorkerProcess:
         self._supervisor = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Stop supervising, then ask the process to stop and kill it if it has not within `grace`.
+
+        Bounded whatever the supervisor is doing: it restarts nothing once stopping has begun, and the
+        process it may just have started is this stop's to end."""
         self._stopping = True
         self.ready.clear()
         if self._supervisor is not None:
             self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            await asyncio.wait([self._supervisor], timeout=grace)
         await self._terminate(grace)
 
     async def wait_ready(self, timeout: float) -> worker_pb2_grpc.WorkerStub:
@@ -103,6 +109,10 @@ class WorkerProcess:
 
     def is_down(self) -> bool:
         return not self.ready.is_set() or (self._process is not None and self._process.exited())
+
+    def is_hung(self) -> bool:
+        """Whether it holds a call past its model's timeout: not ready, and restarted unless it answers soon."""
+        return self.calls is not None and self.calls.overdue()
 
     # -- internals ----------------------------------------------------------------------------------
     async def _spawn(self) -> None:
@@ -128,7 +138,7 @@ class WorkerProcess:
             options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
         )
         self.stub = worker_pb2_grpc.WorkerStub(self._channel)
-        self.calls = CallStream(self.stub)
+        self.calls = CallStream(self.stub, self._restart_hung)
         self._relay = asyncio.create_task(self._relay_output(), name=f"output-{self.name}")
         self.ready.set()
         self.up = True
@@ -156,17 +166,22 @@ class WorkerProcess:
             logger.info("[%s] %s", self.name, line.decode(errors="replace").rstrip())
 
     async def _supervise(self) -> None:
-        """Restart the worker whenever it dies, with growing pauses while it keeps dying."""
+        """Restart the worker whenever it dies, with growing pauses while it keeps dying; never once the
+        router is stopping (a signal to the process group stops workers and router alike)."""
         failures = 0
         while True:
             assert self._process is not None
             code = await self._process.wait()
             self.ready.clear()
             self.up = False
+            if self._stopping:
+                return
             await self._close_channel()
             logger.warning("worker '%s' (pid %s) exited with code %s; restarting", self.name, self._process.pid, code)
             while True:
                 await asyncio.sleep(BACKOFF[min(failures, len(BACKOFF) - 1)])
+                if self._stopping:
+                    return
                 try:
                     await self._spawn()
                     break
@@ -176,11 +191,22 @@ class WorkerProcess:
             self.restarts += 1
             failures = 0
 
+    def _restart_hung(self) -> None:
+        """A predict outlived its model's timeout by `HUNG_GRACE`: kill the worker, which the supervisor restarts."""
+        if self._stopping or self.is_down():
+            return
+        assert self._process is not None
+        logger.warning(
+            "worker '%s' (pid %s) has not answered a call %.1fs past its model's timeout; killing it",
+            *(self.name, self.pid, HUNG_GRACE),
+        )
+        self.ready.clear()
+        self._process.kill()
+
     async def _terminate(self, grace: float) -> None:
         process = self._process
         if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.terminate()
+            process.ask_to_stop()
             try:
                 await asyncio.wait_for(process.wait(), grace)
             except TimeoutError:
@@ -248,17 +274,23 @@ class _Child:
     def returncode(self) -> int | None:
         return self.popen.returncode
 
-    async def send(self, data: bytes) -> None:
-        """Write `data` to its stdin and close it; BrokenPipeError if it has died already."""
-        if len(data) <= select.PIPE_BUF:  # fits in an empty pipe: the write cannot block
-            self._send(data)
+    async def send(self, line: bytes) -> None:
+        """Write `line` and a newline to its stdin, which stays open; BrokenPipeError if it has died already."""
+        if len(line) < select.PIPE_BUF:  # fits in an empty pipe: the write cannot block
+            self._send(line)
         else:
-            await asyncio.to_thread(self._send, data)
+            await asyncio.to_thread(self._send, line)
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, line: bytes) -> None:
         assert self.popen.stdin is not None
-        with self.popen.stdin:
-            self.popen.stdin.write(data)
+        self.popen.stdin.write(line + b"\n")
+        self.popen.stdin.flush()
+
+    def ask_to_stop(self) -> None:
+        """Close its stdin: the worker's cue to stop serving and exit."""
+        assert self.popen.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it has died already
+            self.popen.stdin.close()
 
     def exited(self) -> bool:
         """Whether it has exited, even if the event loop has not run `_reap` yet (one poll(2) call).
@@ -270,9 +302,6 @@ class _Child:
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exited)
-
-    def terminate(self) -> None:
-        self.popen.terminate()
 
     def kill(self) -> None:
         self.popen.kill()
@@ -299,6 +328,7 @@ class _Child:
             os.close(self._pidfd)
             self._pidfd = None
         code = self.popen.wait()
+        self.ask_to_stop()  # frees the pipe
         if not self._exited.done():
             self._exited.set_result(code)
 
