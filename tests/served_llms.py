@@ -12,12 +12,18 @@ TINY = os.environ.get("TINY_LLM_DIR", "")
 
 
 class PacedLLM(sg.LLModel):
-    """The tiny model paced at ~100 tokens/s, so that a test can cancel a stream mid-answer."""
+    """The tiny model decoding at ~100 steps/s, so that a test can cancel a stream mid-answer."""
 
-    def predict(self, body, **kwargs):  # MLRun's form: messages= and invocation_config= arrive built
-        for chunk in super().predict(body, **kwargs):
+    def load(self) -> None:
+        super().load()
+        backend = self.provider.backend
+        forward = backend.forward
+
+        def paced(work):
             time.sleep(0.01)
-            yield chunk
+            return forward(work)
+
+        backend.forward = paced
 
 
 def prompt(system: str, **config) -> sg.LLMPromptArtifact:

@@ -1,11 +1,17 @@
 """`LLModel`: a chat LLM as a streaming model, its provider picked by the model artifact's URI.
 
 Its predict yields text chunks as they are generated and then one final
-``{"answer": ..., "usage": {...}}``; a unary call gets that final result. ``openai://<model>`` talks
-to an OpenAI-compatible API (AsyncOpenAI on the asyncio mechanism); ``mock://`` answers without a model
-(for tests); anything else is a local transformers model (a directory or a GGUF file), run where the
-model is hosted. No artifact means the embedded default, SmolLM2-135M-Instruct; a prompt with no model
-behind it is refused when the graph starts, unless a subclass overrides predict.
+``{"answer": ..., "usage": {...}}``; a unary call gets that final result. Providers:
+
+- a GGUF file (and the embedded default, SmolLM2-135M-Instruct, when there is no artifact): llama.cpp;
+- a transformers model directory: transformers (GPUs, or any model llama.cpp does not take);
+- ``openai://<model>``: an OpenAI-compatible API; ``mock://``: answers without a model (for tests).
+
+The ``provider`` parameter (``"llama.cpp"`` or ``"transformers"``) overrides the choice; a GGUF file
+given to transformers is converted once into a model directory. Both local providers batch
+concurrent requests continuously (`scheduler.py`): a request joins the running batch at the next
+decode step and leaves it the moment it ends. A prompt with no model behind it is refused when the
+graph starts, unless a subclass overrides predict.
 
 As in MLRun, predict receives the request already built: ``messages=`` (the prompt rendered from the
 body, or the body's own messages) and ``invocation_config=``, so a subclass may override it.
@@ -22,16 +28,30 @@ from ..base import Model
 
 OPENAI_SCHEME = "openai://"
 MOCK_SCHEME = "mock://"
+LLAMA_CPP = "llama.cpp"
+TRANSFORMERS = "transformers"
 
 
 class LLModel(Model):
     """A chat LLM. Put it behind shared-model proxies to serve several prompts with one copy.
 
-    Parameters: ``max_tokens``, ``temperature``, ``top_p`` (defaults for every call, under the
-    prompt's invocation_config); ``num_threads`` (torch threads, 1 by default); ``device``;
+    Parameters: ``max_tokens``, ``temperature``, ``top_p``, ``stop`` (defaults for every call, under
+    the prompt's invocation_config); ``provider``; ``max_batch_size`` (sequences decoded together,
+    8); ``num_threads`` (1); ``n_ctx`` (tokens per request, 2048); ``device`` (transformers);
     ``base_url`` and ``api_key`` for OpenAI (else OPENAI_BASE_URL / OPENAI_API_KEY); ``input_path``
     (MLRun's: where in the body the prompt's fields are).
+
+    Its `predict_async` serves every mechanism (``prefer_async``), so concurrent streams share one
+    worker; a subclass that overrides only `predict` (MLRun's way) is called through `predict`.
     """
+
+    prefer_async = True
+    default_max_batch_size = 8
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "predict" in cls.__dict__ and "predict_async" not in cls.__dict__:
+            cls.prefer_async = False
 
     def __init__(self, name: str | None = None, model_artifact: ModelArtifact | None = None, **parameters: Any):
         super().__init__(name, model_artifact, **parameters)
@@ -43,7 +63,7 @@ class LLModel(Model):
         why = super().cannot_serve(name, execution_mechanism, model_artifact)
         if why or not (isinstance(model_artifact, LLMPromptArtifact) and model_artifact.model_artifact is None):
             return why
-        needed = "predict_async" if execution_mechanism == "asyncio" else "predict"
+        needed = "predict_async" if execution_mechanism == "asyncio" or cls.prefer_async else "predict"
         if getattr(cls, needed) is getattr(LLModel, needed):
             return (
                 f"Model provider could not be determined for model '{name}', and the {needed} function "
@@ -63,10 +83,26 @@ class LLModel(Model):
             from .mock_provider import MockProvider
 
             self.provider = MockProvider()
-        else:
-            from .transformers_provider import TransformersProvider
+        elif self._local_provider(uri) == TRANSFORMERS:
+            from .providers import TransformersProvider
+            from .weights import model_directory
 
-            self.provider = TransformersProvider(uri, self.parameters)
+            self.provider = TransformersProvider(model_directory(uri), self.parameters)
+        else:
+            from .providers import LlamaCppProvider
+            from .weights import embedded_gguf
+
+            self.provider = LlamaCppProvider(uri or str(embedded_gguf()), self.parameters)
+
+    def _local_provider(self, uri: str | None) -> str:
+        """llama.cpp for GGUF files (and the embedded default), transformers for model directories,
+        unless the ``provider`` parameter says which."""
+        chosen = self.parameters.get("provider")
+        if chosen is None:
+            return LLAMA_CPP if uri is None or uri.endswith(".gguf") else TRANSFORMERS
+        if chosen in (LLAMA_CPP, "llamacpp", TRANSFORMERS):
+            return TRANSFORMERS if chosen == TRANSFORMERS else LLAMA_CPP
+        raise InvalidArgument(f"model '{self.name}': unknown provider {chosen!r} (use 'llama.cpp' or 'transformers')")
 
     def predict(
         self,
