@@ -318,6 +318,7 @@ async def start_serving(
         options=[
             ("grpc.max_send_message_length", -1),
             ("grpc.max_receive_message_length", -1),
+            ("grpc.so_reuseport", 0),  # a port another worker holds is refused, not shared
             ("grpc.keepalive_permit_without_calls", 1),  # the routers' keepalive pings, also between calls
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
         ]

@@ -41,6 +41,9 @@ HEALTH_INTERVAL = 1.0
 HEALTH_TIMEOUT = 2.0
 MISSED_CHECKS = 2
 """Health checks a replica may miss in a row before it counts as lost."""
+CLOSED_ATTEMPTS = 3
+"""Attempts in a row that a worker cuts short (it accepts, then closes) before start-up gives up: what a
+worker does to a router whose TLS it refuses (a TLS 1.3 server refuses a client certificate late)."""
 RESOLVE_INTERVAL = float(os.environ.get("SERVEGRAPH_REMOTE_RESOLVE_INTERVAL", "10"))
 """Seconds between two resolutions of a ``dns:///`` address."""
 RETIRE_GRACE = 30.0
@@ -109,6 +112,7 @@ class RemoteWorker(WorkerLink):
         refuses our TLS (or we its), or hosts other models."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        closed = 0  # attempts in a row that the worker cut short
         while True:
             try:
                 await self._connect()
@@ -117,10 +121,16 @@ class RemoteWorker(WorkerLink):
                 raise GraphError(str(error)) from None
             except grpc.RpcError as error:
                 why = _reason(error)
-                if _tls_failure(why) or loop.time() + HEALTH_INTERVAL > deadline:
-                    waited = "" if _tls_failure(why) else f" within {timeout:g}s"
+                closed = closed + 1 if _closed_by_peer(why) else 0
+                if _tls_failure(why) or closed >= CLOSED_ATTEMPTS:
                     raise GraphError(
-                        f"remote worker '{self.expected.name}' at {self.name} did not answer{waited}: {why}"
+                        f"remote worker '{self.expected.name}' at {self.name} refuses the connection: {why} "
+                        "(TLS on one side only, a certificate its CA did not sign, or it wants a client certificate: "
+                        "see --worker-tls-ca, --worker-tls-cert and --worker-tls-key)"
+                    ) from None
+                if loop.time() + HEALTH_INTERVAL > deadline:
+                    raise GraphError(
+                        f"remote worker '{self.expected.name}' at {self.name} did not answer within {timeout:g}s: {why}"
                     ) from None
                 await asyncio.sleep(HEALTH_INTERVAL)
         logger.info("remote worker '%s' at %s connected", self.expected.name, self.name)
@@ -169,7 +179,7 @@ class RemoteWorker(WorkerLink):
         except BaseException:
             await channel.close()
             raise
-        self._open(channel, self._hung, self._wake.set)
+        self._open(channel, self._hung, self._closed)
         self.problem = ""
 
     async def _watch(self) -> None:
@@ -201,6 +211,15 @@ class RemoteWorker(WorkerLink):
             health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT
         )
         return reply.status
+
+    def _closed(self) -> None:
+        """Its call stream ended: no new calls from now (before the callers of the failed ones resume);
+        the watcher closes the rest and tries to reach it again."""
+        if not self.is_down():
+            self.problem = "its connection closed"
+        self.ready.clear()
+        self.up = False
+        self._wake.set()
 
     def _serving(self, serving: bool) -> None:
         """It answers its health checks: it takes new calls while it says SERVING (not while it drains)."""
@@ -363,6 +382,12 @@ def _reason(error: grpc.RpcError) -> str:
     code = error.code()  # type: ignore[attr-defined]
     details = " ".join((error.details() or "").split())  # type: ignore[attr-defined]
     return f"{code.name}: {details}" if details else code.name
+
+
+def _closed_by_peer(reason: str) -> bool:
+    """Whether the worker accepted the connection and then closed it."""
+    lowered = reason.lower()
+    return "socket closed" in lowered or "connection reset" in lowered
 
 
 def _tls_failure(reason: str) -> bool:
