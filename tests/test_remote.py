@@ -5,6 +5,7 @@ TLS and mutual TLS, and the router's health follows the replicas."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -29,6 +30,7 @@ from servers import TESTS_DIR, serve, worker
 
 import servegraph as sg
 from servegraph.clients import Client
+from servegraph.hosting import remote
 from servegraph.hosting.endpoints import POOL
 from servegraph.hosting.hub import ModelHub
 from servegraph.models.placement import declarations, fingerprint
@@ -280,6 +282,46 @@ def test_a_replica_replaced_by_a_wrong_one_is_not_used(replicas):
     replicas.m[0].process.kill()
     replicas.restart(0)
     wait_for(lambda: worker_pid(replicas.m[0]) in settled_pids(replicas.client), what="the right replica back")
+
+
+def test_a_dns_name_is_followed_as_its_replicas_come_and_go(monkeypatch):
+    """A headless Service's name resolves to every ready pod: replicas join and leave with its answer."""
+    with (
+        worker(GRAPH, "--model", "M") as first,
+        worker(GRAPH, "--model", "M", "--host", "127.0.0.2", "--port", str(first.port)) as second,
+    ):
+        answer = [first.address]
+
+        async def lookup(host: str, port: int) -> list[str]:
+            assert (host, port) == ("replicas.test", first.port)
+            return list(answer)
+
+        monkeypatch.setattr(remote, "lookup", lookup)
+        monkeypatch.setattr(remote, "RESOLVE_INTERVAL", 0.1)
+
+        async def follow() -> None:
+            placements = ModelHub(served_remote.graph).endpoints.worker_of("M")[1]
+            pool = remote.RemotePool("M", placements, [f"dns:///replicas.test:{first.port}"], None)
+            await pool.start()
+            try:
+
+                async def serving(addresses: list[str]) -> None:
+                    async with asyncio.timeout(10):
+                        while sorted(r.name for r in pool.processes if not r.is_down()) != sorted(addresses):
+                            await asyncio.sleep(0.05)
+                    assert [r.name for r in pool.processes] == addresses
+
+                await serving([first.address])
+                assert [r.server_name for r in pool.replicas()] == ["replicas.test"]  # what TLS checks
+                answer.append(second.address)
+                await serving([first.address, second.address])
+                answer.remove(first.address)
+                await serving([second.address])
+                assert pool.pick().name == second.address
+            finally:
+                await pool.stop()
+
+        asyncio.run(follow())
 
 
 # --- what start-up refuses -------------------------------------------------------------------------

@@ -329,19 +329,12 @@ class RemotePool(WorkerPool):
         """Each replica's address, with the name its TLS certificate must carry when reached by IP
         (None: the address as given). OSError naming a DNS name that resolves to nothing."""
         found: dict[str, str | None] = {}
-        loop = asyncio.get_running_loop()
         for target in self.targets:
-            if not target.startswith(DNS):
+            if target.startswith(DNS):
+                host, port = split_address(target.removeprefix(DNS))
+                found.update(dict.fromkeys(await lookup(host, port), host))
+            else:
                 found[target] = None
-                continue
-            host, port = split_address(target.removeprefix(DNS))
-            try:
-                answers = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)  # off the loop
-            except socket.gaierror as error:
-                raise OSError(f"cannot resolve {target}: {error.strerror}") from None
-            for family, _, _, _, address in answers:
-                ip = address[0]
-                found[f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"] = host
         return found
 
     async def _follow_dns(self) -> None:
@@ -375,6 +368,17 @@ class RemotePool(WorkerPool):
         while replica.in_flight and loop.time() < deadline:
             await asyncio.sleep(0.1)
         await replica.stop()
+
+
+async def lookup(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to, as ``ip:port`` (``[ip]:port`` for IPv6); OSError if none.
+    getaddrinfo blocks, so it runs off the loop (the loop's executor)."""
+    try:
+        answers = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise OSError(f"cannot resolve {host}: {error.strerror}") from None
+    addresses = [f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}" for family, *_, (ip, *_) in answers]
+    return list(dict.fromkeys(addresses))
 
 
 def _reason(error: grpc.RpcError) -> str:
