@@ -176,11 +176,13 @@ class RemoteWorker(WorkerLink):
                     f"this graph's serves {', '.join(self.expected.endpoints)} "
                     f"(fingerprint {self.expected.fingerprint[:12]}); is it running the same graph, same version?"
                 )
+            status = await self._check(channel)
         except BaseException:
             await channel.close()
             raise
         self._open(channel, self._hung, self._closed)
         self.problem = ""
+        self._serving(status == health_pb2.HealthCheckResponse.SERVING)  # not one that drains already
 
     async def _watch(self) -> None:
         missed = 0
@@ -196,7 +198,7 @@ class RemoteWorker(WorkerLink):
                 missed = 0
                 continue
             try:
-                status = await self._check()
+                status = await self._check(self._channel)
             except grpc.RpcError as error:
                 missed += 1
                 if missed >= MISSED_CHECKS:
@@ -205,11 +207,9 @@ class RemoteWorker(WorkerLink):
             missed = 0
             self._serving(status == health_pb2.HealthCheckResponse.SERVING)
 
-    async def _check(self) -> int:
-        assert self._channel is not None
-        reply = await health_pb2_grpc.HealthStub(self._channel).Check(
-            health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT
-        )
+    async def _check(self, channel: grpc.aio.Channel | None) -> int:
+        assert channel is not None
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT)
         return reply.status
 
     def _closed(self) -> None:
