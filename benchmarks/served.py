@@ -109,3 +109,26 @@ streaming_step.to(name="chunks", handler=chunks).respond()
 
 streaming_worker = sg.Graph("streaming-worker")
 streaming_worker.to(sg.ModelRunnerStep(name="runner")).respond().add_model("chunks", Chunks, "dedicated_process")
+
+
+class Echo(sg.Model):
+    def predict(self, body):
+        return body
+
+
+echo_worker = sg.Graph("echo-worker")
+echo_worker.to(sg.ModelRunnerStep(name="runner")).respond().add_model("echo", Echo, "dedicated_process")
+
+
+class Burn(sg.Model):
+    """CPU-bound pure Python: ``spins`` loop turns (~10 ms for 200 000 on these machines), one core."""
+
+    def predict(self, body):
+        total = 0
+        for i in range(int(body.get("spins", 200_000))):
+            total += i * i % 7
+        return {"total": total}
+
+
+burn = sg.Graph("burn")
+burn.to(sg.ModelRunnerStep(name="runner")).respond().add_model("burn", Burn, "dedicated_process")

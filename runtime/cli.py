@@ -1,4 +1,5 @@
-"""The `servegraph` command: serve a graph, call a served one, draw one, deploy one on Kubernetes."""
+"""The `servegraph` command: serve a graph, run one of its workers, call a served graph, draw one, deploy one
+on Kubernetes."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import auth, tls
 from .dsl.graph import Graph
 from .errors import GraphError, ServingError
-from .serving.router import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_MB, DEFAULT_PORT, PortUnavailable
+from .serving.router import DEFAULT_HOST, DEFAULT_MAX_MESSAGE_MB, DEFAULT_PORT, DEFAULT_WORKER_PORT, PortUnavailable
 
 if TYPE_CHECKING:
     from servegraph.clients import Client
@@ -58,13 +60,48 @@ def load_graph(target: str) -> Graph:
     return graph
 
 
+def _server_credentials(args: argparse.Namespace) -> Any:
+    """The server TLS of `serve` or `worker`, read first: a wrong file fails before the graph's models load."""
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        raise tls.CredentialsError("--tls-cert and --tls-key go together, and --tls-client-ca needs them")
+    return tls.server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+
+
+def _remote(text: str) -> tuple[str, list[str]]:
+    """``NAME=ADDR[,ADDR...]`` (an ADDR is ``host:port`` or ``dns:///name:port``) → the name and addresses."""
+    from .hosting.remote import DNS, split_address
+
+    name, sep, addresses = text.partition("=")
+    targets = [address.strip() for address in addresses.split(",") if address.strip()]
+    if not sep or not name or not targets:
+        raise argparse.ArgumentTypeError(f"expected NAME=ADDR[,ADDR...], got {text!r}")
+    for target in targets:
+        try:
+            split_address(target.removeprefix(DNS))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return name, targets
+
+
+def _worker_credentials(args: argparse.Namespace) -> Any:
+    """The TLS to reach remote workers with (mutual TLS with a certificate), or None."""
+    if not (args.worker_tls_ca or args.worker_tls_cert or args.worker_tls_key):
+        return None
+    if not args.remote:
+        raise tls.CredentialsError("--worker-tls-ca, --worker-tls-cert and --worker-tls-key apply to --remote workers")
+    if not args.worker_tls_ca or bool(args.worker_tls_cert) != bool(args.worker_tls_key):
+        raise tls.CredentialsError("--worker-tls-cert and --worker-tls-key go together, and need --worker-tls-ca")
+    return tls.channel_credentials(args.worker_tls_ca, args.worker_tls_cert, args.worker_tls_key)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .serving import router
 
-    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
-        raise tls.CredentialsError("--tls-cert and --tls-key go together, and --tls-client-ca needs them")
-    # credentials first: a wrong file fails before the graph's models load
-    credentials = tls.server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+    credentials = _server_credentials(args)
+    worker_credentials = _worker_credentials(args)
+    remotes: dict[str, list[str]] = {}
+    for name, targets in args.remote or ():
+        remotes.setdefault(name, []).extend(targets)
     tokens = auth.read_tokens(args.auth_token_file) if args.auth_token_file else None
     graph = load_graph(args.target)
     guards = [("mutual TLS" if args.tls_client_ca else "TLS")] if credentials else []
@@ -88,9 +125,46 @@ def _serve(args: argparse.Namespace) -> int:
         credentials=credentials,
         tokens=tokens,
         reflection=not args.no_reflection,
+        remotes=remotes,
+        worker_credentials=worker_credentials,
         on_ready=ready,
     )
     return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    """Become the worker of one model (or of the pool) of the graph: the graph is loaded here, to know
+    what the worker hosts, then this process execs a fresh worker interpreter (the pid stays, for
+    whoever signals it), handing it the declarations in an unlinked temporary file: never on the
+    command line, where parameters such as API keys would show."""
+    from .hosting.endpoints import POOL, EndpointRegistry
+    from .hosting.process import worker_environment
+    from .models.placement import declarations
+
+    _server_credentials(args)
+    registry = EndpointRegistry(load_graph(args.target))
+    if args.pool:
+        name, placements = POOL, registry.worker_placements()[1]
+        if not placements:
+            raise GraphError(f"graph '{registry.graph.name}' has no process_pool models for --pool to serve")
+    else:
+        name, placements = registry.worker_of(args.model)
+        if name != args.model:
+            raise GraphError(f"model '{args.model}' is a process_pool model: serve the whole pool with --pool")
+    declared, path = tempfile.mkstemp(prefix="servegraph-worker-")
+    os.unlink(path)
+    os.write(declared, json.dumps(declarations(placements)).encode())
+    os.lseek(declared, 0, os.SEEK_SET)
+    os.set_inheritable(declared, True)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    argv = [sys.executable, "-m", "servegraph.workers.worker", "--name", name, "--listen", f"{host}:{args.port}"]
+    argv += ["--placements-fd", str(declared), "--grace", str(args.grace)]
+    for flag in ("tls_cert", "tls_key", "tls_client_ca"):
+        if getattr(args, flag):
+            argv += ["--" + flag.replace("_", "-"), getattr(args, flag)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, worker_environment())
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -180,7 +254,31 @@ def parser() -> argparse.ArgumentParser:
         "--auth-token-file", help="file of valid tokens, one a line: calls need 'authorization: Bearer TOKEN'"
     )
     serve.add_argument("--no-reflection", action="store_true", help="do not serve gRPC server reflection")
+    serve.add_argument(
+        "--remote",
+        action="append",
+        type=_remote,
+        metavar="NAME=ADDR[,ADDR...]",
+        help="reach this model's worker at these replicas (host:port, or dns:///name:port for every address of "
+        "the name) instead of starting it: a dedicated_process or shared model, or a process_pool model for the pool",
+    )
+    serve.add_argument("--worker-tls-ca", help="PEM CA: reach --remote workers with TLS, trusting this CA")
+    serve.add_argument("--worker-tls-cert", help="PEM client certificate for --remote workers (mutual TLS)")
+    serve.add_argument("--worker-tls-key", help="PEM private key of --worker-tls-cert")
     serve.set_defaults(run=_serve)
+
+    worker = commands.add_parser("worker", help="serve one worker of a graph over TCP, for routers on other hosts")
+    worker.add_argument("target", help="MODULE:ATTR naming the Graph the routers serve")
+    hosted = worker.add_mutually_exclusive_group(required=True)
+    hosted.add_argument("--model", help="the dedicated_process or shared model to host")
+    hosted.add_argument("--pool", action="store_true", help="host every process_pool model")
+    worker.add_argument("--host", default=DEFAULT_HOST)
+    worker.add_argument("--port", type=int, default=DEFAULT_WORKER_PORT, help="0 picks a free port (printed)")
+    worker.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM")
+    worker.add_argument("--tls-cert", help="PEM certificate (chain): serve TLS; needs --tls-key")
+    worker.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    worker.add_argument("--tls-client-ca", help="PEM CA: mutual TLS, only routers with a certificate it signed")
+    worker.set_defaults(run=_worker)
 
     for name, run, help_text in (
         ("invoke", _invoke, "send one event to a served graph"),

@@ -11,8 +11,8 @@ KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 
 @dataclass(frozen=True)
 class Certs:
-    """A CA, a server certificate for 127.0.0.1 and localhost, a client certificate, all signed by the
-    CA; and an unrelated CA with a client certificate of its own."""
+    """A CA, a server certificate (for 127.0.0.1 and localhost unless told), a client certificate, all
+    signed by the CA; and an unrelated CA with a client certificate of its own."""
 
     ca: Path
     server_cert: Path
@@ -47,10 +47,12 @@ def _signed(folder: Path, name: str, ca: str, extensions: str) -> None:
     )
 
 
-def make_certs(folder: Path) -> Certs:
+def make_certs(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> Certs:
+    """The certificates; the server's names `hosts` (IP addresses or DNS names)."""
     _ca(folder, "ca")
     _ca(folder, "other-ca")
-    _signed(folder, "server", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    names = ",".join(f"IP:{host}" if host.replace(".", "").isdigit() else f"DNS:{host}" for host in hosts)
+    _signed(folder, "server", "ca", f"subjectAltName={names}\nextendedKeyUsage=serverAuth\n")
     _signed(folder, "client", "ca", "extendedKeyUsage=clientAuth\n")
     _signed(folder, "stranger", "other-ca", "extendedKeyUsage=clientAuth\n")
     return Certs(

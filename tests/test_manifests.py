@@ -311,3 +311,24 @@ def test_client_auth_without_a_tls_secret_is_refused():
         timeout=60,
     )
     assert result.returncode == 2 and "--tls-client-auth needs --tls-secret" in result.stderr
+
+
+def test_the_commands_the_pods_run_are_what_the_cli_accepts():
+    """The pods' arguments parse, every router --remote names a worker of the graph (the pool's merged),
+    and each worker pod's --model or --pool hosts what the router expects of it."""
+    from servegraph.cli import parser
+    from servegraph.hosting.endpoints import POOL
+    from servegraph.hosting.hub import ModelHub
+
+    found = objects(tls_secret="sg-tls")
+    router = parser().parse_args(container(find(found, "Deployment", "fraud-detection-router"))["args"])
+    remotes = {name: targets for name, targets in router.remote}
+    hub = ModelHub(served_k8s.fraud, remotes)
+    assert sorted(hub.remotes) == sorted(["big_model", "llm", POOL])
+    assert router.worker_tls_ca and router.worker_tls_cert and router.worker_tls_key
+    for deployment in workers(found):
+        args = parser().parse_args(container(deployment)["args"])
+        name, _ = hub.endpoints.worker_of(args.model) if args.model else (POOL, None)
+        host = f"{deployment['metadata']['name']}.default.svc.cluster.local:{WORKER_PORT}"
+        assert hub.remotes[name] == [f"dns:///{host}"]
+        assert (args.host, args.port, args.tls_client_ca) == ("0.0.0.0", WORKER_PORT, "/etc/servegraph/tls/ca.crt")

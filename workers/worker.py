@@ -1,13 +1,18 @@
-"""The model worker process: loads its models, then serves `servegraph.v1.Worker` on a Unix socket.
+"""The model worker process: loads its models, then serves `servegraph.v1.Worker` and gRPC health.
 
-Started by the router as a fresh interpreter (``python -m servegraph.workers.worker``) with its
-models' declarations as JSON on stdin: each model with the proxies it serves and their artifacts,
+Its models' declarations come as JSON: each model with the proxies it serves and their artifacts,
 so a call names only its endpoint. Models are imported by path and loaded here, never in the
 router. Sync predicts run on one worker thread, so a worker process handles one sync call (or one
 batch, for a model with ``predict_batch``) at a time (scale with processes); async predicts run on
-the worker's event loop. gRPC health says SERVING once every model has loaded. The router stops a
-worker by closing its stdin; signals are the router's to handle, and the worker exits at once when
-the router dies (`leave_shutdown_to`).
+the worker's event loop. gRPC health says SERVING once every model has loaded. It runs in one of two
+ways:
+
+- spawned by its router (``--socket``, ``--parent``): the declarations arrive on stdin, it serves on
+  a Unix socket, the router stops it by closing its stdin; signals are the router's to handle, and
+  the worker exits at once when the router dies (`leave_shutdown_to`);
+- standalone (``--listen``, what ``servegraph worker`` execs into): the declarations come in a file
+  descriptor, it serves TCP (TLS optional) for routers on other hosts, and whoever started it stops
+  it with SIGTERM, which drains it (`WorkerService.drain`).
 """
 
 from __future__ import annotations
@@ -38,11 +43,17 @@ from servegraph.errors import NotFound, ServingError, describe, status_of
 from servegraph.models.artifacts import ModelArtifact
 from servegraph.models.batching import Batcher
 from servegraph.models.hosted import HostedModel
+from servegraph.models.placement import fingerprint
 from servegraph.models.spec import ModelSpec
 from servegraph.rpc_errors import reports_errors
+from servegraph.tls import CredentialsError, server_credentials
 from servegraph.v1 import types_pb2, worker_pb2, worker_pb2_grpc
 
 logger = logging.getLogger("servegraph.worker")
+
+NOTICE = 1.5
+"""Seconds a draining worker keeps serving while connected routers notice its NOT_SERVING (they check
+its health every second) and stop sending it calls."""
 
 
 class Cancelled(ServingError):
@@ -55,10 +66,29 @@ class Cancelled(ServingError):
 
 
 class WorkerService(worker_pb2_grpc.WorkerServicer):
-    def __init__(self, models: list[HostedModel]):
+    def __init__(self, name: str, models: list[HostedModel], fingerprint: str):
+        self.info = worker_pb2.WorkerInfo(name=name, fingerprint=fingerprint)
         self.endpoints = {endpoint: model for model in models for endpoint in (model.spec.name, *model.proxies)}
+        self.info.endpoints.extend(self.endpoints)
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="predict")
         self.batchers = {model.spec.name: Batcher(model, self.thread) for model in models if model.batches}
+        self.in_flight = 0
+        """Calls received and not yet answered, streams included: what a drain waits for."""
+        self.routers = 0
+        """Open Predict streams: routers that may still send calls."""
+
+    async def Info(self, request: worker_pb2.InfoRequest, context: grpc.aio.ServicerContext) -> worker_pb2.WorkerInfo:
+        return self.info
+
+    async def drain(self, grace: float) -> None:
+        """Wait, `grace` seconds at most, until every call in flight is answered and the routers have had
+        `NOTICE` to see the NOT_SERVING and stop sending (no wait for that when none is connected)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while (elapsed := loop.time() - started) < grace:
+            if self.in_flight == 0 and (self.routers == 0 or elapsed >= NOTICE):
+                return
+            await asyncio.sleep(0.05)
 
     async def Predict(
         self, batches: AsyncIterator[worker_pb2.PredictBatch], context: grpc.aio.ServicerContext
@@ -68,21 +98,32 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         not started, and cancelled if it runs on the event loop."""
         calls: dict[int, asyncio.Task[Any] | None] = {}
         """The calls not cancelled nor answered yet: the task answering each, once it has started."""
+        unanswered = 0
 
         async def requests() -> AsyncIterator[worker_pb2.PredictRequest]:
+            nonlocal unanswered
             async for batch in batches:
                 for request in batch.requests:
                     calls[request.call_id] = None
+                    unanswered += 1
+                    self.in_flight += 1
                     yield request
                 for call_id in batch.cancelled:
                     if task := calls.pop(call_id, None):
                         task.cancel()
 
-        async for answers in answer_concurrently(requests(), functools.partial(self._answer, calls=calls)):
-            results = worker_pb2.PredictResults()
-            for write in answers:
-                write(results.responses.add())
-            yield results
+        self.routers += 1
+        try:
+            async for answers in answer_concurrently(requests(), functools.partial(self._answer, calls=calls)):
+                results = worker_pb2.PredictResults()
+                for write in answers:
+                    write(results.responses.add())
+                yield results  # counted as answered once gRPC has taken the message
+                unanswered -= len(answers)
+                self.in_flight -= len(answers)
+        finally:
+            self.routers -= 1
+            self.in_flight -= unanswered
 
     async def _answer(
         self, request: worker_pb2.PredictRequest, calls: dict[int, asyncio.Task[Any] | None]
@@ -140,18 +181,22 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             batches = ([chunk] async for chunk in model.stream_async(body, request.endpoint))
         else:
             batches = ChunkPump(model.stream(body, request.endpoint), self.thread, coalesce=True).batches()
-        async with contextlib.aclosing(batches):  # a cancelled call stops the model now, not when collected
-            async for chunks in batches:
-                message = worker_pb2.PredictChunks()
-                for chunk in chunks:
-                    try:
-                        _encode_result(chunk, message.chunks.add())
-                    except ServingError:  # the chunks before it are the caller's still
-                        del message.chunks[-1]
-                        if message.chunks:
-                            yield message
-                        raise
-                yield message
+        self.in_flight += 1
+        try:
+            async with contextlib.aclosing(batches):  # a cancelled call stops the model now, not when collected
+                async for chunks in batches:
+                    message = worker_pb2.PredictChunks()
+                    for chunk in chunks:
+                        try:
+                            _encode_result(chunk, message.chunks.add())
+                        except ServingError:  # the chunks before it are the caller's still
+                            del message.chunks[-1]
+                            if message.chunks:
+                                yield message
+                            raise
+                    yield message
+        finally:
+            self.in_flight -= 1
 
     def _model(self, endpoint: str) -> HostedModel:
         model = self.endpoints.get(endpoint)
@@ -259,39 +304,110 @@ def clean_up_after_router(socket: str) -> None:
         os.rmdir(os.path.dirname(socket))
 
 
-async def serve(name: str, socket: str, placements: dict[str, Any], parent: int) -> None:
-    stopping = asyncio.Event()
-    leave_shutdown_to(parent, socket, stopping.set)
-    models = load_models(placements)
-    server = grpc.aio.server(options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
-    worker_pb2_grpc.add_WorkerServicer_to_server(WorkerService(models), server)
+class PortUnavailable(OSError):
+    """The standalone worker's address cannot be bound: one line for the operator, not a traceback."""
+
+
+async def start_serving(
+    name: str, placements: dict[str, Any], address: str, credentials: grpc.ServerCredentials | None = None
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer, WorkerService, int]:
+    """Bind `address` (first: a taken port fails before the models load), load the models, serve.
+
+    Returns the server, its health (SERVING), the worker service and the bound port."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.so_reuseport", 0),  # a port another worker holds is refused, not shared
+            ("grpc.keepalive_permit_without_calls", 1),  # the routers' keepalive pings, also between calls
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+        ]
+    )
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises where older versions returned 0
+        port = 0
+    if not port:
+        raise PortUnavailable(f"cannot listen on {address}: the port is taken, or the address is not this host's")
+    service = WorkerService(name, load_models(placements), fingerprint(placements))
+    worker_pb2_grpc.add_WorkerServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    address = f"unix:{socket}"
-    server.add_insecure_port(address)
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    print(f"serving worker '{name}' on {address}", flush=True)
+    return server, health_servicer, service, port
+
+
+async def serve_router(name: str, socket: str, placements: dict[str, Any], parent: int) -> None:
+    """Spawned: serve the router on a Unix socket until it closes our stdin (or dies)."""
+    stopping = asyncio.Event()
+    leave_shutdown_to(parent, socket, stopping.set)
+    server, *_ = await start_serving(name, placements, f"unix:{socket}")
+    print(f"serving worker '{name}' on unix:{socket}", flush=True)
     await stopping.wait()
     await server.stop(1.0)
+
+
+async def serve_standalone(
+    name: str,
+    placements: dict[str, Any],
+    host: str,
+    port: int,
+    credentials: grpc.ServerCredentials | None,
+    grace: float,
+) -> None:
+    """Standalone: serve TCP until SIGTERM or SIGINT, then turn NOT_SERVING and drain for `grace` seconds."""
+    shown_host = f"[{host}]" if ":" in host else host
+    server, health_servicer, service, bound = await start_serving(name, placements, f"{shown_host}:{port}", credentials)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # from now on: while models load, a signal just ends the process
+        loop.add_signal_handler(sig, stopping.set)
+    print(f"serving worker '{name}' on {shown_host}:{bound}", flush=True)
+    await stopping.wait()
+    logger.info("worker '%s' draining: %d calls in flight, up to %.1fs", name, service.in_flight, grace)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await service.drain(grace)
+    await server.stop(0)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="servegraph-worker")
     parser.add_argument("--name", required=True)
-    parser.add_argument("--socket", required=True)
-    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--socket", help="spawned: the Unix socket to serve (declarations on stdin)")
+    parser.add_argument("--parent", type=int, help="spawned: the router's pid")
+    parser.add_argument("--listen", help="standalone: HOST:PORT to serve")
+    parser.add_argument("--placements-fd", type=int, help="standalone: a file descriptor holding the declarations")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--tls-client-ca")
+    parser.add_argument("--grace", type=float, default=10.0, help="standalone: seconds a drain may take")
     args = parser.parse_args(argv)
+    standalone = args.listen is not None
+    if standalone == (args.socket is not None) or (standalone and args.placements_fd is None):
+        parser.error("give --socket and --parent (spawned), or --listen and --placements-fd (standalone)")
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.tls_client_ca and not args.tls_cert):
+        parser.error("--tls-cert and --tls-key go together, and --tls-client-ca needs them")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s", stream=sys.stdout)
-    placements = json.loads(sys.stdin.buffer.readline())  # one line: stdin stays open until the router stops us
     try:
-        uvloop.run(serve(args.name, args.socket, placements, args.parent))
+        if standalone:
+            with os.fdopen(args.placements_fd, "rb") as declarations:
+                placements = json.load(declarations)
+            credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+            host, _, port = args.listen.rpartition(":")
+            uvloop.run(serve_standalone(args.name, placements, host.strip("[]"), int(port), credentials, args.grace))
+        else:
+            placements = json.loads(sys.stdin.buffer.readline())  # one line: stdin stays open until the router stops us
+            uvloop.run(serve_router(args.name, args.socket, placements, args.parent))
+    except (PortUnavailable, CredentialsError) as error:
+        print(f"servegraph: {error}", file=sys.stderr, flush=True)
+        return 1
     except Exception:
         traceback.print_exc(file=sys.stdout)
         sys.stdout.flush()
         return 3
-    # Stopped by the router: exit now. A normal exit would first wait for a predict still running on
-    # the predict thread, however long it takes.
+    # Stopped: exit now. A normal exit would first wait for a predict still running on the predict
+    # thread, however long it takes.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

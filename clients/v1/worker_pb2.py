@@ -25,23 +25,27 @@ _sym_db = _symbol_database.Default()
 from servegraph.v1 import types_pb2 as servegraph_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aservegraph/v1/worker.proto\x12\rservegraph.v1\x1a\x19servegraph/v1/types.proto\"\x8c\x01\n\x0ePredictRequest\x12$\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x16.servegraph.v1.Payload\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x11\n\toperation\x18\x06 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x07 \x01(\x04J\x04\x08\x01\x10\x02J\x04\x08\x05\x10\x06\"u\n\x0fPredictResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.servegraph.v1.Payload\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\"7\n\rPredictChunks\x12&\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x16.servegraph.v1.Payload\"R\n\x0cPredictBatch\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.servegraph.v1.PredictRequest\x12\x11\n\tcancelled\x18\x02 \x03(\x04\"C\n\x0ePredictResults\x12\x31\n\tresponses\x18\x01 \x03(\x0b\x32\x1e.servegraph.v1.PredictResponse2\xa3\x01\n\x06Worker\x12I\n\x07Predict\x12\x1b.servegraph.v1.PredictBatch\x1a\x1d.servegraph.v1.PredictResults(\x01\x30\x01\x12N\n\rPredictStream\x12\x1d.servegraph.v1.PredictRequest\x1a\x1c.servegraph.v1.PredictChunks0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aservegraph/v1/worker.proto\x12\rservegraph.v1\x1a\x19servegraph/v1/types.proto\"\r\n\x0bInfoRequest\"B\n\nWorkerInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tendpoints\x18\x02 \x03(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\"\x8c\x01\n\x0ePredictRequest\x12$\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x16.servegraph.v1.Payload\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x11\n\toperation\x18\x06 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x07 \x01(\x04J\x04\x08\x01\x10\x02J\x04\x08\x05\x10\x06\"u\n\x0fPredictResponse\x12&\n\x06result\x18\x01 \x01(\x0b\x32\x16.servegraph.v1.Payload\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\x12\x12\n\nerror_code\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\"7\n\rPredictChunks\x12&\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x16.servegraph.v1.Payload\"R\n\x0cPredictBatch\x12/\n\x08requests\x18\x01 \x03(\x0b\x32\x1d.servegraph.v1.PredictRequest\x12\x11\n\tcancelled\x18\x02 \x03(\x04\"C\n\x0ePredictResults\x12\x31\n\tresponses\x18\x01 \x03(\x0b\x32\x1e.servegraph.v1.PredictResponse2\xe2\x01\n\x06Worker\x12I\n\x07Predict\x12\x1b.servegraph.v1.PredictBatch\x1a\x1d.servegraph.v1.PredictResults(\x01\x30\x01\x12N\n\rPredictStream\x12\x1d.servegraph.v1.PredictRequest\x1a\x1c.servegraph.v1.PredictChunks0\x01\x12=\n\x04Info\x12\x1a.servegraph.v1.InfoRequest\x1a\x19.servegraph.v1.WorkerInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'servegraph.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PREDICTREQUEST']._serialized_start=73
-  _globals['_PREDICTREQUEST']._serialized_end=213
-  _globals['_PREDICTRESPONSE']._serialized_start=215
-  _globals['_PREDICTRESPONSE']._serialized_end=332
-  _globals['_PREDICTCHUNKS']._serialized_start=334
-  _globals['_PREDICTCHUNKS']._serialized_end=389
-  _globals['_PREDICTBATCH']._serialized_start=391
-  _globals['_PREDICTBATCH']._serialized_end=473
-  _globals['_PREDICTRESULTS']._serialized_start=475
-  _globals['_PREDICTRESULTS']._serialized_end=542
-  _globals['_WORKER']._serialized_start=545
-  _globals['_WORKER']._serialized_end=708
+  _globals['_INFOREQUEST']._serialized_start=72
+  _globals['_INFOREQUEST']._serialized_end=85
+  _globals['_WORKERINFO']._serialized_start=87
+  _globals['_WORKERINFO']._serialized_end=153
+  _globals['_PREDICTREQUEST']._serialized_start=156
+  _globals['_PREDICTREQUEST']._serialized_end=296
+  _globals['_PREDICTRESPONSE']._serialized_start=298
+  _globals['_PREDICTRESPONSE']._serialized_end=415
+  _globals['_PREDICTCHUNKS']._serialized_start=417
+  _globals['_PREDICTCHUNKS']._serialized_end=472
+  _globals['_PREDICTBATCH']._serialized_start=474
+  _globals['_PREDICTBATCH']._serialized_end=556
+  _globals['_PREDICTRESULTS']._serialized_start=558
+  _globals['_PREDICTRESULTS']._serialized_end=625
+  _globals['_WORKER']._serialized_start=628
+  _globals['_WORKER']._serialized_end=854
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerInfo(_message.Message):
+    __slots__ = ("name", "endpoints", "fingerprint")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    endpoints: _containers.RepeatedScalarFieldContainer[str]
+    fingerprint: str
+    def __init__(self, name: _Optional[str] = ..., endpoints: _Optional[_Iterable[str]] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+
 class PredictRequest(_message.Message):
     __slots__ = ("body", "request_id", "endpoint", "operation", "call_id")
     BODY_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class WorkerStub:
                 request_serializer=servegraph_dot_v1_dot_worker__pb2.PredictRequest.SerializeToString,
                 response_deserializer=servegraph_dot_v1_dot_worker__pb2.PredictChunks.FromString,
                 _registered_method=True)
+        self.Info = channel.unary_unary(
+                '/servegraph.v1.Worker/Info',
+                request_serializer=servegraph_dot_v1_dot_worker__pb2.InfoRequest.SerializeToString,
+                response_deserializer=servegraph_dot_v1_dot_worker__pb2.WorkerInfo.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -67,6 +72,13 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Info(self, request, context):
+        """What the worker hosts: a router checks a worker it reaches over the network before using it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +91,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.PredictStream,
                     request_deserializer=servegraph_dot_v1_dot_worker__pb2.PredictRequest.FromString,
                     response_serializer=servegraph_dot_v1_dot_worker__pb2.PredictChunks.SerializeToString,
+            ),
+            'Info': grpc.unary_unary_rpc_method_handler(
+                    servicer.Info,
+                    request_deserializer=servegraph_dot_v1_dot_worker__pb2.InfoRequest.FromString,
+                    response_serializer=servegraph_dot_v1_dot_worker__pb2.WorkerInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +152,33 @@ class Worker:
             '/servegraph.v1.Worker/PredictStream',
             servegraph_dot_v1_dot_worker__pb2.PredictRequest.SerializeToString,
             servegraph_dot_v1_dot_worker__pb2.PredictChunks.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Info(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/servegraph.v1.Worker/Info',
+            servegraph_dot_v1_dot_worker__pb2.InfoRequest.SerializeToString,
+            servegraph_dot_v1_dot_worker__pb2.WorkerInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,6 +12,7 @@ A caller that gives up (its client went away, or the model's timeout passed) sen
 the next message's `cancelled`: the worker skips the call if it has not started, cancels it if it is
 async, and answers it either way. A call the worker has not answered `HUNG_GRACE` seconds past its
 model's timeout means a predict that does not return: `on_hung` is told, and the worker restarted.
+When the stream ends, `on_closed` is told at once (for a remote worker: before its next health check).
 """
 
 from __future__ import annotations
@@ -33,9 +34,15 @@ class StreamClosed(ConnectionError):
 
 
 class CallStream:
-    def __init__(self, stub: worker_pb2_grpc.WorkerStub, on_hung: Callable[[], None]):
+    def __init__(
+        self,
+        stub: worker_pb2_grpc.WorkerStub,
+        on_hung: Callable[[], None],
+        on_closed: Callable[[], None] | None = None,
+    ):
         self._call = stub.Predict()
         self._on_hung = on_hung
+        self._on_closed = on_closed
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[worker_pb2.PredictResponse]] = {}
         """Every call the worker has not answered yet, those whose caller gave up included."""
@@ -52,7 +59,7 @@ class CallStream:
         """Send the request that `fill` writes (into the next message, so it is never copied).
 
         `timeout` is the model's (the caller enforces it): what tells a slow worker from a hung one."""
-        if self._reader.done() or self._writer.done():
+        if self.closed():
             raise StreamClosed("the worker's call stream is closed")
         request = self._batch.requests.add()
         try:
@@ -73,6 +80,10 @@ class CallStream:
                 self._batch.cancelled.append(call_id)
                 self._queued.set()
             raise
+
+    def closed(self) -> bool:
+        """Whether the stream has ended (the worker went away, or `close`)."""
+        return self._reader.done() or self._writer.done()
 
     def overdue(self) -> bool:
         """Whether some call is still unanswered past its model's timeout (the worker may be hung)."""
@@ -109,6 +120,8 @@ class CallStream:
             pass
         finally:
             self._fail_waiting("the worker's call stream ended")
+            if self._on_closed is not None:
+                self._on_closed()
 
     def _fail_waiting(self, reason: str) -> None:
         for answer in self._waiting.values():

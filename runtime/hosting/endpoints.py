@@ -18,10 +18,14 @@ from ..dsl.model_runner import EndpointName, ModelRunnerStep
 from ..dsl.steps import RouterStep
 from ..errors import GraphError, NotFound
 from ..models.artifacts import ModelArtifact
+from ..models.placement import Placement
 from ..models.spec import ModelSpec
 
 if TYPE_CHECKING:
     from .handles import ModelHandle
+
+POOL = "pool"
+"""The name of the worker (each process of it) that hosts the process_pool models."""
 
 RESERVOIR = 2048
 """Latest latencies kept per endpoint for p50/p99 in `servegraph stats`."""
@@ -153,6 +157,38 @@ class EndpointRegistry:
             else:
                 placed[endpoint.model.name][2][endpoint.name] = endpoint.artifact  # type: ignore[union-attr]
         return placed
+
+    def worker_placements(self) -> tuple[dict[str, Placement], dict[str, Placement]]:
+        """The models that run in workers, split as workers host them: each dedicated_process model and
+        each shared model in a worker of its own (the first dict), every process_pool model of the
+        model runners together in each process of the pool (the second)."""
+        dedicated: dict[str, Placement] = {}
+        pooled: dict[str, Placement] = {}
+        for name, (spec, step, proxies) in self.placements().items():
+            if spec.execution_mechanism == "process_pool" and step is not None:
+                pooled[name] = Placement(spec, proxies)
+            elif spec.in_worker:
+                dedicated[name] = Placement(spec, proxies)
+        return dedicated, pooled
+
+    def worker_of(self, name: str) -> tuple[str, dict[str, Placement]]:
+        """The worker that hosts model `name` and what it hosts: a dedicated_process or shared model's own
+        worker (named after the model), or for a process_pool model the pool (`POOL`). GraphError if no
+        worker hosts a model of that name, saying which do."""
+        dedicated, pooled = self.worker_placements()
+        if name in dedicated:
+            return name, {name: dedicated[name]}
+        if name in pooled:
+            return POOL, pooled
+        endpoint = self.by_name.get(name)
+        if endpoint is not None and endpoint.kind == "proxy":
+            why = f"'{name}' is a proxy of shared model '{endpoint.model.name}': name the shared model"  # type: ignore[union-attr]
+        elif endpoint is not None and endpoint.model is not None:
+            why = f"model '{name}' runs in the router ({endpoint.model.execution_mechanism})"
+        else:
+            why = f"graph '{self.graph.name}' has no model '{name}'"
+        hosted = [*dedicated, *(f"{model} (pool)" for model in pooled)]
+        raise GraphError(f"{why}; the models that run in workers: {', '.join(hosted) or 'none'}")
 
     def describe(self) -> list[dict[str, Any]]:
         return [endpoint.describe() for endpoint in self.by_name.values() if endpoint.kind != "graph"]

@@ -1,8 +1,9 @@
 """A handle per placed model, the same two calls wherever the model lives: `call` and `stream`.
 
 `LocalHandle` calls a model loaded in the router; `WorkerHandle` calls one in a worker process (or in
-each process of a pool) over gRPC. A call names the endpoint it came through (a shared model's
-proxy, or the model itself) and carries the body: the worker already knows each proxy's artifact.
+each process of a pool, or in each replica of a remote worker) over gRPC. A call names the endpoint it
+came through (a shared model's proxy, or the model itself) and carries the body: the worker already
+knows each proxy's artifact.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from ..models.hosted import HostedModel
 from ..models.spec import ModelSpec
 from ..v1 import worker_pb2
 from .calls import StreamClosed
+from .link import WorkerLink
 from .pool import WorkerPool
-from .process import START_TIMEOUT, WorkerProcess
+from .process import START_TIMEOUT
 
 
 class ModelHandle:
@@ -34,12 +36,16 @@ class ModelHandle:
     while those already waiting complete.
     """
 
-    def __init__(self, spec: ModelSpec, streams: bool, capacity: int):
+    def __init__(self, spec: ModelSpec, streams: bool):
         self.spec = spec
         self.streams = streams
         self.timeout = spec.timeout
-        self.capacity = capacity
         self.in_flight = 0
+
+    @property
+    def capacity(self) -> int:
+        """Calls the model runs at once."""
+        raise NotImplementedError
 
     @property
     def queued(self) -> int:
@@ -100,10 +106,15 @@ class LocalHandle(ModelHandle):
     """A model loaded in the router: inline (naive), on the event loop (asyncio) or in threads."""
 
     def __init__(self, model: HostedModel, executor: ThreadPoolExecutor | None, threads: int = 1):
-        super().__init__(model.spec, model.streams, model.spec.max_batch_size * threads)
+        super().__init__(model.spec, model.streams)
         self.model = model
+        self.threads = threads
         self.executor = executor
         self.batcher = Batcher(model, executor) if model.batches else None
+
+    @property
+    def capacity(self) -> int:
+        return self.spec.max_batch_size * self.threads
 
     async def _call(self, body: Any, endpoint: str, operation: str | None, request_id: str) -> Any:
         if operation:
@@ -132,11 +143,16 @@ class LocalHandle(ModelHandle):
 
 
 class WorkerHandle(ModelHandle):
-    """A model in a worker process (or in each process of the pool), called over gRPC."""
+    """A model in a worker process (or in each process of the pool, or each replica), called over gRPC."""
 
     def __init__(self, spec: ModelSpec, streams: bool, workers: WorkerPool):
-        super().__init__(spec, streams, spec.max_batch_size * len(workers.processes))
+        super().__init__(spec, streams)
         self.workers = workers
+
+    @property
+    def capacity(self) -> int:
+        """Batch size times processes (replicas come and go)."""
+        return self.spec.max_batch_size * max(1, len(self.workers.processes))
 
     def ready(self) -> bool:
         return any(not (worker.is_down() or worker.is_hung()) for worker in self.workers.processes)
@@ -186,17 +202,14 @@ class WorkerHandle(ModelHandle):
             worker.in_flight -= 1
             call.cancel()
 
-    def _failure(self, worker: WorkerProcess, error: grpc.RpcError, endpoint: str) -> Exception:
+    def _failure(self, worker: WorkerLink, error: grpc.RpcError, endpoint: str) -> Exception:
         code = error.code()  # type: ignore[attr-defined]
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) or worker.is_down():
             return self._unavailable(worker, endpoint)
         return RemoteError(code.name, error.details() or code.name)  # type: ignore[attr-defined]
 
-    def _unavailable(self, worker: WorkerProcess, endpoint: str) -> Unavailable:
-        return Unavailable(
-            f"model {self._named(endpoint)} is unavailable: its worker '{worker.name}' (pid {worker.pid}) "
-            "stopped during the call and is being restarted"
-        )
+    def _unavailable(self, worker: WorkerLink, endpoint: str) -> Unavailable:
+        return Unavailable(f"model {self._named(endpoint)} is unavailable: {worker.lost()}")
 
 
 def _cancelling() -> bool:

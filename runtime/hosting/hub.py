@@ -2,7 +2,8 @@
 
 naive, asyncio and thread_pool models are loaded in the router; each dedicated_process model and
 each shared model in a worker process of its own; all process_pool models together in one pool of
-worker processes. Each placement yields a handle (`handles.py`), set on the registry entries of the
+worker processes. A worker named in `remotes` is not spawned: its replicas run on other hosts
+(`remote.py`). Each placement yields a handle (`handles.py`), set on the registry entries of the
 endpoints it serves, so the model runner never cares where a model lives.
 """
 
@@ -12,34 +13,67 @@ import asyncio
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
+
 from ..dsl.graph import Graph
 from ..dsl.model_runner import ModelRunnerStep
-from ..errors import ModelRunnerError
+from ..errors import GraphError, ModelRunnerError
 from ..models.hosted import HostedModel, streams
-from .endpoints import EndpointRegistry
+from ..models.placement import Placement
+from .endpoints import POOL, EndpointRegistry
 from .handles import LocalHandle, ModelHandle, WorkerHandle
+from .link import WorkerLink
 from .pool import WorkerPool
-from .process import Placement, WorkerProcess
+from .process import WorkerProcess
+from .remote import RemotePool
 
 
 class ModelHub:
-    """Loads and starts every model of a graph where its execution mechanism says."""
+    """Loads and starts every model of a graph where its execution mechanism says.
 
-    def __init__(self, graph: Graph):
+    `remotes` maps model names to the addresses of workers that run elsewhere (``--remote``): a
+    dedicated_process model, a shared model, or any process_pool model (meaning the whole pool);
+    `worker_credentials` is the TLS to reach them with."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        remotes: Mapping[str, Sequence[str]] | None = None,
+        worker_credentials: grpc.ChannelCredentials | None = None,
+    ):
         self.graph = graph
         self.endpoints = EndpointRegistry(graph)
         self.handles: dict[str, ModelHandle] = {}
-        self.workers: list[WorkerProcess] = []
         self.pools: list[WorkerPool] = []
         self.executors: list[ThreadPoolExecutor] = []
+        self.worker_credentials = worker_credentials
+        self.remotes: dict[str, list[str]] = {}
+        """Addresses by worker name (a model's, or `POOL`): what `remotes` names, checked now."""
+        for name, addresses in (remotes or {}).items():
+            try:
+                worker, _ = self.endpoints.worker_of(name)
+            except GraphError as error:
+                raise GraphError(f"--remote {name}: {error}") from None
+            known = self.remotes.setdefault(worker, [])
+            known += [address for address in addresses if address not in known]
         self._socket_dir: Path | None = None
+
+    @property
+    def workers(self) -> list[WorkerLink]:
+        """Every worker process and remote replica, as they are now (replicas come and go)."""
+        return [worker for pool in self.pools for worker in pool.processes]
 
     def hosts_workers(self) -> bool:
         """Whether some model runs in a worker process (which the router must then supervise)."""
         return any(spec.in_worker for spec, _, _ in self.endpoints.placements().values())
+
+    def serving(self) -> bool:
+        """Whether every model can take calls: each worker's model has a live worker, not hung."""
+        return all(handle.ready() for handle in self.handles.values())
 
     async def start(self) -> None:
         try:
@@ -62,36 +96,23 @@ class ModelHub:
 
     async def _start(self) -> None:
         self.check()
-        pooled: dict[str, Placement] = {}
-        dedicated: dict[str, Placement] = {}
+        dedicated, pooled = self.endpoints.worker_placements()
         step_executors: dict[str, tuple[ThreadPoolExecutor, int]] = {}
         for name, (spec, step, proxies) in self.endpoints.placements().items():
-            mechanism = spec.execution_mechanism
-            if mechanism == "process_pool" and step is not None:
-                pooled[name] = Placement(spec, proxies)
-            elif spec.in_worker:
-                dedicated[name] = Placement(spec, proxies)
-            else:
+            if not spec.in_worker:
+                mechanism = spec.execution_mechanism
                 executor, threads = self._executor(step, step_executors) if mechanism == "thread_pool" else (None, 1)
                 model = HostedModel(spec, proxies)
                 await asyncio.to_thread(model.load)
                 self.handles[name] = LocalHandle(model, executor, threads)
-        if pooled or dedicated:
-            self._socket_dir = Path(tempfile.mkdtemp(prefix="servegraph-"))
-        starting = []
         for name, placement in dedicated.items():
-            device = placement.spec.parameters.get("device")
-            pool = self._pool([WorkerProcess(name, {name: placement}, self._socket_dir, device=device)])  # type: ignore[arg-type]
+            pool = self._pool(name, {name: placement}, [name], placement.spec.parameters.get("device"))
             self.handles[name] = WorkerHandle(placement.spec, streams(placement.spec), pool)
-            starting.append(pool.start())
         if pooled:
-            pool = self._pool(
-                [WorkerProcess(f"pool-{i}", pooled, self._socket_dir) for i in range(self._pool_size())]  # type: ignore[arg-type]
-            )
+            pool = self._pool(POOL, pooled, [f"{POOL}-{i}" for i in range(self._pool_size())])
             for name, placement in pooled.items():
                 self.handles[name] = WorkerHandle(placement.spec, streams(placement.spec), pool)
-            starting.append(pool.start())
-        results = await asyncio.gather(*starting, return_exceptions=True)
+        results = await asyncio.gather(*(pool.start() for pool in self.pools), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -103,11 +124,22 @@ class ModelHub:
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
-    def _pool(self, processes: list[WorkerProcess]) -> WorkerPool:
-        self.workers.extend(processes)
-        pool = WorkerPool(processes)
+    def _pool(
+        self, name: str, placements: dict[str, Placement], processes: list[str], device: str | None = None
+    ) -> WorkerPool:
+        """The workers of `name`: its replicas if it is remote, else worker processes named `processes`."""
+        if name in self.remotes:
+            pool: WorkerPool = RemotePool(name, placements, self.remotes[name], self.worker_credentials)
+        else:
+            pool = WorkerPool([WorkerProcess(each, placements, self._sockets(), device=device) for each in processes])
         self.pools.append(pool)
         return pool
+
+    def _sockets(self) -> Path:
+        """The private directory of the spawned workers' sockets, made for the first."""
+        if self._socket_dir is None:
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="servegraph-"))
+        return self._socket_dir
 
     def _executor(
         self, step_name: str | None, by_step: dict[str, tuple[ThreadPoolExecutor, int]]

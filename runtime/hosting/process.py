@@ -22,16 +22,15 @@ import re
 import select
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from ..errors import GraphError, Unavailable
-from ..models.artifacts import ModelArtifact
-from ..models.spec import ModelSpec
+from ..models.placement import Placement, declarations
 from ..v1 import worker_pb2_grpc
-from .calls import HUNG_GRACE, CallStream
+from .calls import HUNG_GRACE
+from .link import MESSAGE_OPTIONS, WorkerLink
 
 logger = logging.getLogger("servegraph.worker")
 
@@ -44,33 +43,13 @@ READY_LINE = re.compile(r"^serving worker '.*' on \S+$")
 """What a worker prints once every model has loaded and it listens (the standalone worker's contract)."""
 
 
-@dataclass
-class Placement:
-    """A model to load in a worker, with the endpoints it serves as proxies and their artifacts."""
-
-    spec: ModelSpec
-    proxies: dict[str, ModelArtifact | None]
-
-    def to_dict(self) -> dict[str, object]:
-        proxies = {name: artifact.to_dict() if artifact else None for name, artifact in self.proxies.items()}
-        return {"spec": self.spec.to_dict(), "proxies": proxies}
-
-
-class WorkerProcess:
+class WorkerProcess(WorkerLink):
     def __init__(self, name: str, models: dict[str, Placement], socket_dir: Path, *, device: str | None = None):
-        self.name = name
+        super().__init__(name)
         self.models = models
         self.socket = str(socket_dir / f"{name}.sock")
         self.device = device
-        self.stub: worker_pb2_grpc.WorkerStub | None = None
-        self.calls: CallStream | None = None
-        self.in_flight = 0
-        self.restarts = 0
-        self.up = False
-        """Set on the event loop as the process comes and goes: what metrics read, from any thread."""
-        self.ready = asyncio.Event()
         self._process: _Child | None = None
-        self._channel: grpc.aio.Channel | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._relay: asyncio.Task[None] | None = None
         self._stopping = False
@@ -108,11 +87,10 @@ class WorkerProcess:
         return self.stub
 
     def is_down(self) -> bool:
-        return not self.ready.is_set() or (self._process is not None and self._process.exited())
+        return super().is_down() or (self._process is not None and self._process.exited())
 
-    def is_hung(self) -> bool:
-        """Whether it holds a call past its model's timeout: not ready, and restarted unless it answers soon."""
-        return self.calls is not None and self.calls.overdue()
+    def lost(self) -> str:
+        return f"its worker '{self.name}' (pid {self.pid}) stopped during the call and is being restarted"
 
     # -- internals ----------------------------------------------------------------------------------
     async def _spawn(self) -> None:
@@ -123,9 +101,9 @@ class WorkerProcess:
                 *(sys.executable, "-m", "servegraph.workers.worker", "--name", self.name),
                 *("--socket", self.socket, "--parent", str(os.getpid())),
             ],
-            self._environment(),
+            worker_environment(self.device),
         )
-        specs = json.dumps({name: placement.to_dict() for name, placement in self.models.items()}).encode()
+        specs = json.dumps(declarations(self.models)).encode()
         with contextlib.suppress(BrokenPipeError):  # it died at once: its output tells why
             await self._process.send(specs)
         lines: list[str] = []
@@ -133,15 +111,8 @@ class WorkerProcess:
             code = await self._process.wait()
             detail = "".join(lines[-20:])
             raise GraphError(f"worker '{self.name}' exited with code {code} while loading its models:\n{detail}")
-        self._channel = grpc.aio.insecure_channel(
-            f"unix:{self.socket}",
-            options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)],
-        )
-        self.stub = worker_pb2_grpc.WorkerStub(self._channel)
-        self.calls = CallStream(self.stub, self._restart_hung)
         self._relay = asyncio.create_task(self._relay_output(), name=f"output-{self.name}")
-        self.ready.set()
-        self.up = True
+        self._open(grpc.aio.insecure_channel(f"unix:{self.socket}", options=MESSAGE_OPTIONS), self._restart_hung)
         logger.info("worker '%s' ready (pid %s, models: %s)", self.name, self.pid, ", ".join(self.models))
 
     async def _read_until_ready(self, lines: list[str]) -> bool:
@@ -216,27 +187,6 @@ class WorkerProcess:
         await self._close_channel()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket)
-
-    async def _close_channel(self) -> None:
-        if self.calls is not None:
-            await self.calls.close()
-            self.calls = None
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
-            self.stub = None
-
-    def _environment(self) -> dict[str, str]:
-        """The router's environment, its import path (so user modules import), one BLAS thread by default."""
-        env = dict(os.environ)
-        paths = [os.getcwd() if entry == "" else entry for entry in sys.path]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        env.setdefault("PYTHONUNBUFFERED", "1")  # a model's print() reaches the log when printed, not at exit
-        for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            env.setdefault(variable, "1")
-        if self.device is not None:
-            env["CUDA_VISIBLE_DEVICES"] = _visible_device(self.device)
-        return env
 
 
 class _Child:
@@ -331,6 +281,20 @@ class _Child:
         self.ask_to_stop()  # frees the pipe
         if not self._exited.done():
             self._exited.set_result(code)
+
+
+def worker_environment(device: str | None = None) -> dict[str, str]:
+    """A worker's environment: this process's, its import path (so user modules import), one BLAS thread
+    by default (workers share the machine's cores), and with `device` the one GPU it may see."""
+    env = dict(os.environ)
+    paths = [os.getcwd() if entry == "" else entry for entry in sys.path]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.setdefault("PYTHONUNBUFFERED", "1")  # a model's print() reaches the log when printed, not at exit
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(variable, "1")
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = _visible_device(device)
+    return env
 
 
 def _visible_device(device: str) -> str:

@@ -23,10 +23,10 @@ from ..dsl.model_runner import ModelRunnerStep
 from ..errors import GraphError
 from ..hosting.endpoints import EndpointRegistry
 from ..models.spec import ModelSpec
-from .router import DEFAULT_PORT
+from .router import DEFAULT_PORT, DEFAULT_WORKER_PORT
 
 ROUTER_PORT = DEFAULT_PORT
-WORKER_PORT = 50052
+WORKER_PORT = DEFAULT_WORKER_PORT
 METRICS_PORT = 9090
 TLS_DIR = "/etc/servegraph/tls"
 """Where a kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt) is mounted in every pod."""
@@ -96,23 +96,19 @@ def dns_label(*parts: str) -> str:
 def worker_groups(graph: Graph) -> list[WorkerGroup]:
     """The graph's worker Deployments, split as `ModelHub` splits worker processes."""
     groups: list[WorkerGroup] = []
-    pooled: list[ModelSpec] = []
-    for name, (spec, step, _) in EndpointRegistry(graph).placements().items():
-        if not spec.in_worker:
-            continue
-        if spec.execution_mechanism == "process_pool" and step is not None:
-            pooled.append(spec)
-        else:
-            groups.append(
-                WorkerGroup(
-                    dns_label(graph.name, "worker", name),
-                    (name,),
-                    ("--model", name),
-                    _replicas(spec) or 1,
-                    _gpu(spec),
-                    {"servegraph.io/model": dns_label(name)},
-                )
+    dedicated, placed_in_pool = EndpointRegistry(graph).worker_placements()
+    for name, placement in dedicated.items():
+        groups.append(
+            WorkerGroup(
+                dns_label(graph.name, "worker", name),
+                (name,),
+                ("--model", name),
+                _replicas(placement.spec) or 1,
+                _gpu(placement.spec),
+                {"servegraph.io/model": dns_label(name)},
             )
+        )
+    pooled = [placement.spec for placement in placed_in_pool.values()]
     if pooled:
         replicas = max((_replicas(spec) for spec in pooled), default=0) or _pool_size(graph)
         groups.append(

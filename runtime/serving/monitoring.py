@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 if TYPE_CHECKING:
     from ..dsl.graph import Graph
     from ..hosting.endpoints import ModelEndpoint
-    from ..hosting.process import WorkerProcess
+    from ..hosting.link import WorkerLink
 
 logger = logging.getLogger("servegraph.monitoring")
 
@@ -161,14 +161,15 @@ def usage_of(result: Any) -> dict[str, Any] | None:
 
 class Monitor:
     """The router's observer: metrics (own registry), endpoint statistics (kept on the registry's
-    entries), and optional records. Worker metrics are read from `workers` at scrape time."""
+    entries), and optional records. Worker metrics are read at scrape time from what `workers` returns
+    (worker processes and remote replicas, which come and go)."""
 
     def __init__(
         self,
         graph_name: str,
         *,
         records: RecordSink | None = None,
-        workers: Sequence[WorkerProcess] = (),
+        workers: Callable[[], Iterable[WorkerLink]] = tuple,
         endpoints: Sequence[ModelEndpoint] = (),
         max_value_chars: int = 2000,
     ):
@@ -300,11 +301,17 @@ class _WorkerCollector:
         self.monitor = monitor
 
     def collect(self) -> Iterable[Any]:
-        restarts = CounterMetricFamily("servegraph_worker_restarts", "Worker process restarts", labels=["worker"])
-        up = GaugeMetricFamily("servegraph_worker_up", "1 while the worker process serves", labels=["worker"])
+        restarts = CounterMetricFamily(
+            "servegraph_worker_restarts", "Worker process restarts (a remote replica: reconnections)", labels=["worker"]
+        )
+        up = GaugeMetricFamily(
+            "servegraph_worker_up",
+            "1 while the worker (a process, or a remote replica by address) serves",
+            labels=["worker"],
+        )
         depth = GaugeMetricFamily("servegraph_worker_queue_depth", "Calls sent to the worker, not yet answered",
                                   labels=["worker"])  # fmt: skip
-        for worker in self.monitor.workers:
+        for worker in self.monitor.workers():
             restarts.add_metric([worker.name], worker.restarts)
             up.add_metric([worker.name], 1 if worker.up else 0)
             depth.add_metric([worker.name], worker.in_flight)

@@ -2,18 +2,22 @@
 
 Optionally over TLS (`credentials`, from `servegraph.tls`), with bearer tokens (`tokens`: the
 `servegraph.auth` interceptor; health stays open), and without reflection (`reflection=False`).
+Workers named in `remotes` run on other hosts (reached with `worker_credentials`).
 
 Start-up order matters to clients: the port opens first with health NOT_SERVING, the engine
-loads (workers start, models load), and only then does health say SERVING. On SIGTERM/SIGINT
-health turns NOT_SERVING, in-flight calls get `grace` seconds to finish, then workers stop.
+loads (workers start, models load), and only then does health say SERVING. From then on health
+says SERVING while every model has a worker that takes calls (a remote model: a healthy replica),
+NOT_SERVING while one has none. On SIGTERM/SIGINT health turns NOT_SERVING, in-flight calls get
+`grace` seconds to finish, then workers stop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +40,12 @@ logger = logging.getLogger("servegraph.router")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 50051
+DEFAULT_WORKER_PORT = 50052
+"""Where `servegraph worker` listens by default (and the manifests' worker pods)."""
 DEFAULT_MAX_MESSAGE_MB = 64
 GRAPH_SERVICE = graph_pb2.DESCRIPTOR.services_by_name["Graph"].full_name
+HEALTH_INTERVAL = 0.5
+"""Seconds between two looks at whether every model has a worker that takes calls."""
 
 
 class Router:
@@ -55,12 +63,14 @@ class Router:
         credentials: grpc.ServerCredentials | None = None,
         tokens: Collection[str] | None = None,
         reflection: bool = True,
+        remotes: Mapping[str, Sequence[str]] | None = None,
+        worker_credentials: grpc.ChannelCredentials | None = None,
     ):
-        models = ModelHub(graph)
+        models = ModelHub(graph, remotes, worker_credentials)
         self.monitor = Monitor(
             graph.name,
             records=records_for(graph, records),
-            workers=models.workers,
+            workers=lambda: models.workers,
             endpoints=models.endpoints.models(),
         )
         self.engine = Engine(graph, models, monitor=self.monitor)
@@ -71,6 +81,7 @@ class Router:
         self.port: int | None = None
         self.credentials = credentials
         self.health = health.aio.HealthServicer()
+        self._health_follower: asyncio.Task[None] | None = None
         limit = max_message_mb * 1024 * 1024
         self.server = grpc.aio.server(
             options=[
@@ -122,9 +133,15 @@ class Router:
             self._release()
             raise
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.engine.models.hosts_workers():
+            self._health_follower = asyncio.create_task(self._follow_workers(), name="router-health")
         return self.port
 
     async def stop(self, grace: float | None = 5.0) -> None:
+        if self._health_follower is not None:
+            self._health_follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_follower
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
         await self.engine.stop()
@@ -137,6 +154,23 @@ class Router:
             self._metrics_server.server_close()  # frees the port now, not when collected
             self._metrics_server = None
         self.monitor.close()
+
+    async def _follow_workers(self) -> None:
+        """Health follows the workers: NOT_SERVING while some model has none that takes calls."""
+        serving = True
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL)
+            if self.engine.models.serving() != serving:
+                serving = not serving
+                logger.log(
+                    logging.INFO if serving else logging.WARNING,
+                    "health: %s",
+                    "SERVING again" if serving else "NOT_SERVING: a model has no worker that takes calls",
+                )
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                await self._set_health(status)
 
     async def _set_health(self, status: int) -> None:
         await self.health.set("", status)
@@ -196,6 +230,8 @@ async def serve(
     credentials: grpc.ServerCredentials | None = None,
     tokens: Collection[str] | None = None,
     reflection: bool = True,
+    remotes: Mapping[str, Sequence[str]] | None = None,
+    worker_credentials: grpc.ChannelCredentials | None = None,
     on_ready: Callable[[Router], None] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then drain and stop."""
@@ -209,6 +245,8 @@ async def serve(
         credentials=credentials,
         tokens=tokens,
         reflection=reflection,
+        remotes=remotes,
+        worker_credentials=worker_credentials,
     )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
