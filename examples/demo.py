@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
     from servegraph.serving.launcher import launch
 
     question = " ".join(argv) or "How should I start saving for retirement?"
-    print("starting the router (the first run converts SmolLM2 once, ~20 s) ...", flush=True)
+    print("starting the router ...", flush=True)
     with launch("examples.demo:graph", timeout=600) as router, Client(router.address) as client:
         print(f"router on {router.address}; graph: {client.describe()['name']}\n")
         print(f"Q: {question}\nA: ", end="", flush=True)
