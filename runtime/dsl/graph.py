@@ -452,6 +452,8 @@ def _make_step(
     if inspect.isclass(target) and issubclass(target, Step):
         if before:
             raise GraphError(f"before= applies to error handlers, not to {target.__name__}")
+        if isinstance(class_name, str) and class_name.startswith("*"):  # MLRun's "*Class": a router and its class
+            return RouterStep(name, class_name=class_name[1:] or None, class_args=class_args, **options)
         return target(name, **class_args, **options)
     return TaskStep(name, class_name=target, handler=handler, class_args=class_args, before=before, **options)
 
