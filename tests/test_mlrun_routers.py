@@ -272,3 +272,10 @@ def test_merge_with_one_part_passes_bodies_on_and_drops_stale_keys():
 def test_bad_key_path_is_refused_when_built():
     with pytest.raises(sg.GraphError, match="key_path"):
         sg.Merge(key_path="event[")
+
+
+def test_plot_writes_the_mermaid_text_where_mlrun_draws_its_image(tmp_path):
+    graph = sg.Graph("drawn")
+    graph.to(name="first", handler=double).respond()
+    target = tmp_path / "graph.png"
+    assert graph.plot(str(target)) == target.read_text() == graph.plot()

@@ -416,11 +416,16 @@ class Graph:
     def from_yaml(cls, text: str) -> Graph:
         return cls.from_dict(yaml.safe_load(text))
 
-    def plot(self) -> str:
-        """The graph as a Mermaid flowchart (paste into any Markdown that renders Mermaid)."""
+    def plot(self, filename: str | None = None, **_: Any) -> str:
+        """The graph as a Mermaid flowchart (paste into any Markdown that renders Mermaid). MLRun's callers
+        name a file (MLRun draws an image there): the Mermaid text is written to it, whatever its suffix."""
         from .plot import to_mermaid
 
-        return to_mermaid(self)
+        text = to_mermaid(self)
+        if filename is not None:
+            with open(filename, "w", encoding="utf-8") as file:
+                file.write(text)
+        return text
 
     # -- running --------------------------------------------------------------------------------
     def to_mock_server(self, **options: Any) -> MockServer:
