@@ -56,7 +56,7 @@ def prompt(system: str) -> sg.LLMPromptArtifact:
 
 graph = sg.Graph("demo")
 graph.add_shared_model("smollm2", "LLModel", "dedicated_process", result_path="outputs")
-assistant = sg.ModelRunnerStep(name="assistant", model_selector=TopicSelector)
+assistant = sg.ModelRunnerStep(name="assistant", model_runner_selector=TopicSelector)
 assistant.add_shared_model_proxy(
     "finance", prompt("You are a careful personal-finance assistant. Answer in two sentences."), "smollm2"
 )

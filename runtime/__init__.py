@@ -30,10 +30,12 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .compat.routers import ModelRouter, ParallelRun, VotingEnsemble
+    from .compat.v2_serving import V2ModelServer
     from .dsl.event import Event
     from .dsl.graph import Graph
     from .dsl.model_runner import EndpointName, ModelRunnerSelector, ModelRunnerStep, ModelSelector
-    from .dsl.steps import COMPLETE, Choice, ChoiceByField, RouterStep, Step, TaskStep
+    from .dsl.steps import COMPLETE, Choice, ChoiceByField, Merge, RouterStep, Step, TaskStep
     from .engine.callables import Context
     from .engine.engine import Engine
     from .models.artifacts import LLMPromptArtifact, ModelArtifact
@@ -54,15 +56,20 @@ _LAZY = {
     "Graph": "servegraph.dsl.graph",
     "LLMPromptArtifact": "servegraph.models.artifacts",
     "LLModel": "servegraph.models.llm",
+    "Merge": "servegraph.dsl.steps",
     "MockServer": "servegraph.serving.mock",
     "Model": "servegraph.models.base",
     "ModelArtifact": "servegraph.models.artifacts",
     "ModelRunnerSelector": "servegraph.dsl.model_runner",
+    "ModelRouter": "servegraph.compat.routers",
     "ModelRunnerStep": "servegraph.dsl.model_runner",
     "ModelSelector": "servegraph.dsl.model_runner",
     "RouterStep": "servegraph.dsl.steps",
     "Step": "servegraph.dsl.steps",
+    "ParallelRun": "servegraph.compat.routers",
     "TaskStep": "servegraph.dsl.steps",
+    "V2ModelServer": "servegraph.compat.v2_serving",
+    "VotingEnsemble": "servegraph.compat.routers",
 }
 
 __all__ = [

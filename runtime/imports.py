@@ -14,9 +14,24 @@ from typing import Any
 
 from .errors import GraphError
 
+_COMPAT = "servegraph.compat"
+MLRUN_NAMES: dict[str, str] = {
+    **{
+        f"mlrun.serving{module}.{name}": f"{_COMPAT}.routers.{name}"
+        for module in ("", ".routers")
+        for name in ("BaseModelRouter", "ModelRouter", "ParallelRun", "VotingEnsemble")
+    },
+    "mlrun.serving.V2ModelServer": f"{_COMPAT}.v2_serving.V2ModelServer",
+    "mlrun.serving.v2_serving.V2ModelServer": f"{_COMPAT}.v2_serving.V2ModelServer",
+    **{name: f"{_COMPAT}.routers.{name}" for name in ("ModelRouter", "ParallelRun", "VotingEnsemble")},
+}
+"""MLRun's classes under the names MLRun graphs give them (import paths, and a router class's bare name
+when the building code has no such name), mapped to servegraph's own."""
+
 
 def import_object(path: str, what: str = "object") -> Any:
     """Import ``"pkg.module.attr"`` (or ``"pkg.module:attr"``), naming the path in the error."""
+    path = MLRUN_NAMES.get(path, path)
     module_name, sep, attr = path.partition(":")
     if not sep:
         module_name, _, attr = path.rpartition(".")
@@ -41,6 +56,8 @@ def resolve(name: str, what: str = "object", namespace: Mapping[str, Any] | None
     for scope in (namespace, _building_code_globals()):
         if scope is not None and name in scope:
             return scope[name]
+    if name in MLRUN_NAMES:
+        return import_object(MLRUN_NAMES[name], what)
     raise GraphError(
         f"cannot find {what} '{name}' where the graph is built: define it there, pass the graph a "
         f"namespace=, or give its import path ('package.module.{name}')"

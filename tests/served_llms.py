@@ -46,7 +46,7 @@ class ByTopic(sg.ModelSelector):
 
 chat = sg.Graph("chat")
 chat.add_shared_model("tiny", "LLModel", "dedicated_process", model_artifact=TINY, result_path="outputs")
-proxies = sg.ModelRunnerStep(name="proxies", model_selector="served_llms.ByTopic")
+proxies = sg.ModelRunnerStep(name="proxies", model_runner_selector="served_llms.ByTopic")
 proxies.add_shared_model_proxy("finance", prompt("You talk about markets."), "tiny")
 proxies.add_shared_model_proxy("sport", prompt("You talk about sport and teams and goals."), "tiny")
 chat.to(proxies).to(name="text", handler=only_text).respond()

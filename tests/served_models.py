@@ -21,7 +21,7 @@ def build_zoo(pool_size: int = 2) -> sg.Graph:
     """
     graph = sg.Graph("zoo")
     graph.add_shared_model("assistant", "model_zoo.Shared", "dedicated_process")
-    runner = sg.ModelRunnerStep(name="runner", model_selector="model_zoo.PickByKey")
+    runner = sg.ModelRunnerStep(name="runner", model_runner_selector="model_zoo.PickByKey")
     for mechanism in MECHANISMS:
         model = model_zoo.AsyncEcho if mechanism == "asyncio" else model_zoo.Echo
         runner.add_model(mechanism, model, execution_mechanism=mechanism, tag=f"tag-{mechanism}")
@@ -43,7 +43,7 @@ def build_crashy() -> sg.Graph:
     one with a timeout, one that streams. The selector is an instance."""
     graph = sg.Graph("crashy")
     graph.add_shared_model("assistant", model_zoo.Shared, "dedicated_process")
-    runner = sg.ModelRunnerStep(name="runner", model_selector=model_zoo.PickByKey())
+    runner = sg.ModelRunnerStep(name="runner", model_runner_selector=model_zoo.PickByKey())
     runner.add_model("victim", model_zoo.Slow, execution_mechanism="dedicated_process")
     runner.add_model("pooled", model_zoo.Slow, execution_mechanism="process_pool")
     runner.add_shared_model_proxy("helper", "prompts/helper.txt", shared_model_name="assistant")
@@ -59,7 +59,7 @@ def build_lifecycle() -> sg.Graph:
     """Worker models for supervision: a sync sleeper, one with a 1 s timeout, an async one that serves
     a call at a time."""
     graph = sg.Graph("lifecycle")
-    runner = sg.ModelRunnerStep(name="runner", model_selector=model_zoo.PickByKey())
+    runner = sg.ModelRunnerStep(name="runner", model_runner_selector=model_zoo.PickByKey())
     runner.add_model("slow", model_zoo.Slow, execution_mechanism="dedicated_process")
     runner.add_model("hung", model_zoo.Slow, execution_mechanism="dedicated_process", timeout=1.0)
     runner.add_model("serial", model_zoo.AsyncSerial, execution_mechanism="dedicated_process")
@@ -71,7 +71,7 @@ def build_draining() -> sg.Graph:
     """For shutdown: a sync and an async sleeper and a model that blocks its event loop, each in a
     worker of its own."""
     graph = sg.Graph("draining")
-    runner = sg.ModelRunnerStep(name="runner", model_selector=model_zoo.PickByKey())
+    runner = sg.ModelRunnerStep(name="runner", model_runner_selector=model_zoo.PickByKey())
     runner.add_model("slow", model_zoo.Slow, execution_mechanism="dedicated_process")
     runner.add_model("async_slow", model_zoo.AsyncSlow, execution_mechanism="dedicated_process")
     runner.add_model("blocking", model_zoo.Blocking, execution_mechanism="dedicated_process")
@@ -108,7 +108,7 @@ bad_load = build_bad_load
 def build_batching() -> sg.Graph:
     """The same batching model in a worker, in the router's thread pool, and a bounded-queue model."""
     graph = sg.Graph("batching")
-    runner = sg.ModelRunnerStep(name="runner", model_selector="model_zoo.PickByKey")
+    runner = sg.ModelRunnerStep(name="runner", model_runner_selector="model_zoo.PickByKey")
     for mechanism in ("dedicated_process", "thread_pool"):
         runner.add_model(
             mechanism,

@@ -67,7 +67,7 @@ def build_monitored() -> sg.Graph:
     LLM, all behind a selector that runs the endpoints named in ``body["models"]``; monitoring on the graph."""
     graph = sg.Graph("monitored", monitoring=True)
     graph.add_shared_model("assistant", model_zoo.Shared, "dedicated_process")
-    runner = sg.ModelRunnerStep(name="runner", model_selector="model_zoo.PickByKey")
+    runner = sg.ModelRunnerStep(name="runner", model_runner_selector="model_zoo.PickByKey")
     runner.add_model("echo", Echo, "naive", labels={"tier": "gold"})
     runner.add_model("worker", model_zoo.Echo, "dedicated_process")
     runner.add_model("failing", model_zoo.Failing, "naive")
@@ -92,7 +92,7 @@ def build_monitored() -> sg.Graph:
 def build_watched() -> sg.Graph:
     """Two models in the router; only `watched` asks for records."""
     graph = sg.Graph("watched")
-    runner = sg.ModelRunnerStep(name="runner", model_selector="model_zoo.PickByKey")
+    runner = sg.ModelRunnerStep(name="runner", model_runner_selector="model_zoo.PickByKey")
     runner.add_model("watched", Echo, "naive", monitoring=True)
     runner.add_model("unwatched", Echo, "naive")
     graph.to(runner).respond()

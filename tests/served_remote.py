@@ -41,7 +41,7 @@ class ByName(sg.ModelSelector):
 
 def build(tag: str = "v1") -> sg.Graph:
     graph = sg.Graph("remote")
-    runner = sg.ModelRunnerStep(name="models", model_selector=ByName())
+    runner = sg.ModelRunnerStep(name="models", model_runner_selector=ByName())
     runner.add_model("M", Replica, "dedicated_process", tag=tag)
     runner.add_model("tokens", Tokens, "dedicated_process")
     runner.add_model("local", Replica, "naive")
@@ -55,7 +55,7 @@ other = build(tag="v2")  # the same models, another parameter: another fingerpri
 # Every kind of worker, for the names --remote and --model accept.
 kinds = sg.Graph("kinds")
 kinds.add_shared_model("llm", Replica, "dedicated_process")
-kinds_runner = sg.ModelRunnerStep(name="models", model_selector=ByName())
+kinds_runner = sg.ModelRunnerStep(name="models", model_runner_selector=ByName())
 kinds_runner.add_model("big", Replica, "dedicated_process")
 kinds_runner.add_model("fast", Replica, "thread_pool")
 kinds_runner.add_model("crunch_a", Replica, "process_pool")

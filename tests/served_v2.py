@@ -53,7 +53,7 @@ class PickByInputs(sg.ModelSelector):
 
 
 graph = sg.Graph("v2graph")
-models = sg.ModelRunnerStep(name="models", model_selector=PickByInputs)
+models = sg.ModelRunnerStep(name="models", model_runner_selector=PickByInputs)
 models.add_model("doubler", Doubler, "naive")
 models.add_model("remote_doubler", Doubler, "dedicated_process", api_key=API_KEY, max_tokens=7)
 models.add_model(

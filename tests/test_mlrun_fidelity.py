@@ -56,7 +56,7 @@ class ByEvent(sg.ModelSelector):
 
 def test_a_model_selector_gets_the_whole_event():
     ByEvent.seen.clear()
-    runner = sg.ModelRunnerStep(name="models", model_selector=ByEvent)
+    runner = sg.ModelRunnerStep(name="models", model_runner_selector=ByEvent)
     runner.add_model("a", Bump, execution_mechanism="naive")
     runner.add_model("b", Bump, execution_mechanism="naive", by=2)
     graph = sg.Graph("select")
@@ -132,7 +132,7 @@ def test_a_bare_name_may_come_from_the_graphs_namespace():
 
 
 def test_bare_model_and_selector_names_resolve_too():
-    runner = sg.ModelRunnerStep(name="models", model_selector="ByEvent")
+    runner = sg.ModelRunnerStep(name="models", model_runner_selector="ByEvent")
     runner.add_model("a", "Bump", execution_mechanism="naive")
     graph = sg.Graph("bare-models")
     graph.to(runner).respond()
@@ -531,3 +531,15 @@ def test_an_mlrun_function_maps_onto_a_graph():
     server = fn.to_mock_server()
     assert server.test("/m1", body=2) == 8
     server.wait_for_completion()
+
+
+def test_model_selector_is_deprecated_as_in_mlrun_and_still_selects():
+    with pytest.warns(FutureWarning, match="model_selector.*deprecated"):
+        runner = sg.ModelRunnerStep(name="models", model_selector=ByEvent)
+    runner.add_model("a", Bump, execution_mechanism="naive")
+    runner.add_model("b", Bump, execution_mechanism="naive", by=2)
+    graph = sg.Graph("deprecated")
+    graph.to(runner).respond()
+    with graph.to_mock_server() as mock:
+        assert mock.test(body={"n": 1, "models": ["a"]}) == {"n": 2, "models": ["a"]}
+    assert "model_runner_selector" in graph.to_dict()["steps"]["models"]

@@ -42,7 +42,7 @@ def zoo():
 def runner_graph(*models, selector=None, raise_exception=True, name="g") -> sg.Graph:
     """A graph of one ModelRunnerStep; `models` are (endpoint, class, mechanism, params) tuples."""
     graph = sg.Graph(name)
-    runner = sg.ModelRunnerStep(name="runner", model_selector=selector, raise_exception=raise_exception)
+    runner = sg.ModelRunnerStep(name="runner", model_runner_selector=selector, raise_exception=raise_exception)
     for endpoint, model_class, mechanism, *params in models:
         runner.add_model(endpoint, model_class, execution_mechanism=mechanism, **(params[0] if params else {}))
     graph.to(runner).respond()
@@ -183,7 +183,7 @@ LABELLED = (("cheap", "naive", "low"), ("fast", "thread_pool", "low"), ("big", "
 
 def labelled_graph(selector) -> sg.Graph:
     graph = sg.Graph("labels")
-    runner = sg.ModelRunnerStep(name="runner", model_selector=selector)
+    runner = sg.ModelRunnerStep(name="runner", model_runner_selector=selector)
     for name, mechanism, tier in LABELLED:
         model = model_zoo.AsyncEcho if mechanism == "asyncio" else model_zoo.Echo
         runner.add_model(name, model, execution_mechanism=mechanism, labels={"tier": tier})

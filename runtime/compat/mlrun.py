@@ -1,5 +1,5 @@
-"""MLRun's function-level entry points, mapped onto servegraph: ``new_function``, ``set_topology``,
-``add_model`` and ``to_mock_server``, so a port of an MLRun serving graph changes only its imports.
+"""MLRun's function-level entry points, mapped onto servegraph: ``new_function``, ``set_topology`` (flow or
+router), ``add_model`` and ``to_mock_server``, so a port of an MLRun serving graph changes only its imports.
 
 A mapping, not a second engine: `ServingFunction` holds one `servegraph.Graph`, and `MLRunMockServer`
 is servegraph's `MockServer` reporting failures the way MLRun's mock server does (``RuntimeError("failed
@@ -17,6 +17,7 @@ from ..dsl.steps import RouterStep
 from ..engine.callables import Context
 from ..errors import GraphError
 from ..serving.mock import MockResponse, MockServer
+from .routers import ModelRouter
 
 
 def new_function(name: str, kind: str = "serving", project: str = "", **_: Any) -> ServingFunction:
@@ -37,20 +38,27 @@ class ServingFunction:
     def set_topology(
         self,
         topology: str = "flow",
+        class_name: Any = None,
         engine: str = "async",
         exist_ok: bool = False,
         allow_cyclic: bool = False,
         max_iterations: int | None = None,
         namespace: Mapping[str, Any] | None = None,
-    ) -> Graph:
-        """A new graph for this function (MLRun's ``set_topology("flow", ...)``)."""
+        **class_args: Any,
+    ) -> Graph | RouterStep:
+        """A new graph for this function, as MLRun's ``set_topology``: ``"flow"`` returns the graph;
+        ``"router"`` returns its one router step, of `class_name` (a class, an instance or its name; MLRun's
+        default, `ModelRouter`) with `class_args`, whose output is the response."""
         if self.graph is not None and not exist_ok:
             raise GraphError(f"function '{self.name}' already has a graph: pass exist_ok=True to replace it")
+        if topology not in ("flow", "router"):
+            raise GraphError(f"set_topology({topology!r}): the topology is 'flow' or 'router'")
         options = {"max_iterations": max_iterations} if max_iterations is not None else {}
-        self.graph = Graph(
-            self.name, topology, engine=engine, allow_cyclic=allow_cyclic, namespace=namespace, **options
-        )
-        return self.graph
+        graph = Graph(self.name, engine=engine, allow_cyclic=allow_cyclic, namespace=namespace, **options)
+        self.graph = graph
+        if topology == "flow":
+            return graph
+        return graph.to(RouterStep(class_name=class_name or ModelRouter, class_args=class_args)).respond()
 
     def add_model(
         self,
@@ -60,7 +68,10 @@ class ServingFunction:
         router_step: str | None = None,
         **class_args: Any,
     ) -> Any:
-        """A route named `key` on the graph's router (`router_step`, or its only one), as MLRun's add_model."""
+        """A route named `key` on the graph's router (`router_step`, or its only one), as MLRun's add_model;
+        a function without a graph gets a router topology first, as in MLRun."""
+        if self.graph is None:
+            self.set_topology("router")
         graph = self._graph()
         routers = [step for step in graph.steps.values() if isinstance(step, RouterStep)]
         if router_step is not None:

@@ -15,13 +15,13 @@ def new_event_id() -> str:
 
 
 class Event:
-    """One request moving through the graph (MLRun's Event: body, id, path, headers).
+    """One request moving through the graph (MLRun's Event: body, id, path, headers, method).
 
     Steps with ``full_event=True`` receive the Event itself; error handlers find the failure in
     `error` (the message) and `origin_state` (the failing step's name, MLRun's attribute name).
     """
 
-    __slots__ = ("body", "error", "headers", "id", "iterations", "origin_state", "path")
+    __slots__ = ("body", "error", "headers", "id", "iterations", "method", "origin_state", "path")
 
     def __init__(
         self,
@@ -30,24 +30,29 @@ class Event:
         id: str | None = None,
         path: str = "/",
         headers: Mapping[str, str] | None = None,
+        method: str = "POST",
     ):
         self.body = body
         self.id = id or new_event_id()
         self.path = path or "/"
         self.headers: dict[str, str] = dict(headers or {})
+        self.method = method
         self.error: str | None = None
         self.origin_state: str | None = None
         self.iterations: dict[str, int] = {}
 
     def branch(self) -> Event:
         """A copy for a parallel branch: its own body and loop counters, the same id."""
-        other = Event(copy.deepcopy(self.body), id=self.id, path=self.path, headers=self.headers)
+        other = Event(copy.deepcopy(self.body), id=self.id, path=self.path, headers=self.headers, method=self.method)
         other.iterations = dict(self.iterations)
         return other
 
-    def with_body(self, body: Any) -> Event:
-        """A sibling event carrying another body (one chunk of a stream), sharing the loop counters."""
-        other = Event(body, id=self.id, path=self.path, headers=self.headers)
+    def with_body(self, body: Any, path: str | None = None) -> Event:
+        """A sibling event carrying another body (one chunk of a stream, the part of a body a step reads, a
+        route's request), sharing the loop counters."""
+        other = Event(
+            body, id=self.id, path=self.path if path is None else path, headers=self.headers, method=self.method
+        )
         other.iterations = dict(self.iterations)
         return other
 

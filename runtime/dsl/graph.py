@@ -416,11 +416,16 @@ class Graph:
     def from_yaml(cls, text: str) -> Graph:
         return cls.from_dict(yaml.safe_load(text))
 
-    def plot(self) -> str:
-        """The graph as a Mermaid flowchart (paste into any Markdown that renders Mermaid)."""
+    def plot(self, filename: str | None = None, **_: Any) -> str:
+        """The graph as a Mermaid flowchart (paste into any Markdown that renders Mermaid). MLRun's callers
+        name a file (MLRun draws an image there): the Mermaid text is written to it, whatever its suffix."""
         from .plot import to_mermaid
 
-        return to_mermaid(self)
+        text = to_mermaid(self)
+        if filename is not None:
+            with open(filename, "w", encoding="utf-8") as file:
+                file.write(text)
+        return text
 
     # -- running --------------------------------------------------------------------------------
     def to_mock_server(self, **options: Any) -> MockServer:
@@ -452,6 +457,8 @@ def _make_step(
     if inspect.isclass(target) and issubclass(target, Step):
         if before:
             raise GraphError(f"before= applies to error handlers, not to {target.__name__}")
+        if isinstance(class_name, str) and class_name.startswith("*"):  # MLRun's "*Class": a router and its class
+            return RouterStep(name, class_name=class_name[1:] or None, class_args=class_args, **options)
         return target(name, **class_args, **options)
     return TaskStep(name, class_name=target, handler=handler, class_args=class_args, before=before, **options)
 

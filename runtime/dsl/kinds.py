@@ -6,16 +6,22 @@ from typing import Any
 
 from ..errors import GraphError
 from .model_runner import ModelRunnerStep
-from .steps import RouterStep, Step, TaskStep
+from .steps import Merge, RouterStep, Step, TaskStep
 
-STEP_KINDS: dict[str, type[Step]] = {cls.kind: cls for cls in (TaskStep, RouterStep, ModelRunnerStep)}
+STEP_KINDS: dict[str, type[Step]] = {cls.kind: cls for cls in (TaskStep, RouterStep, ModelRunnerStep, Merge)}
+
+MLRUN_STEP_NAMES: dict[str, type[Step]] = {"storey.Merge": Merge, "mlrun.serving.merger.Merge": Merge}
+"""Built-in steps under the names MLRun graphs give them."""
 
 
 def step_class(class_name: str) -> type[Step] | None:
-    """A built-in step class named by its class name (``"ModelRunnerStep"``), or ``"*"`` for a router
-    (MLRun's shorthand), as `add_step` accepts."""
-    if class_name == "*":
+    """A built-in step class named by its class name (``"ModelRunnerStep"``, ``"Merge"``) or MLRun's name
+    for it (``"storey.Merge"``), or ``"*"`` for a router (MLRun's shorthand; ``"*Class"`` names its router
+    class), as `add_step` accepts."""
+    if class_name.startswith("*"):
         return RouterStep
+    if class_name in MLRUN_STEP_NAMES:
+        return MLRUN_STEP_NAMES[class_name]
     return next((cls for cls in STEP_KINDS.values() if cls.__name__ == class_name), None)
 
 

@@ -8,6 +8,7 @@ Shared models are declared on the graph and reached through proxies.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,8 +98,9 @@ class Endpoint:
 class ModelRunnerStep(Step):
     """Runs the models a selector picks for each event, concurrently, each where it runs best.
 
-    The selector is a `ModelSelector` or (``model_runner_selector=``) a `ModelRunnerSelector`, which
-    also picks the steps after the runner: a class, an instance, or its name.
+    The selector (``model_runner_selector=``) is a `ModelRunnerSelector`, which also picks the steps
+    after the runner, or a `ModelSelector`: a class, an instance, or its name. ``model_selector=`` still
+    works but warns (FutureWarning), as MLRun deprecates it.
 
     One selected model: its result is the body. Several: ``{endpoint_name: result}``. With
     ``raise_exception=False`` a failing model gives ``{"error": "Type: message"}`` instead of
@@ -118,6 +120,12 @@ class ModelRunnerStep(Step):
         super().__init__(name, **options)
         if model_selector is not None and model_runner_selector is not None:
             raise GraphError(f"step '{self.name}': give model_selector or model_runner_selector, not both")
+        if model_selector is not None:
+            warnings.warn(
+                "ModelRunnerStep(model_selector=...) is deprecated, as in MLRun: use model_runner_selector=",
+                FutureWarning,
+                stacklevel=2,
+            )
         model_selector = model_runner_selector if model_runner_selector is not None else model_selector
         self.model_selector = model_selector
         self.raise_exception = raise_exception
@@ -207,7 +215,7 @@ class ModelRunnerStep(Step):
         spec: dict[str, Any] = {"models": {name: endpoint.to_dict() for name, endpoint in self.endpoints.items()}}
         if self.model_selector is not None:
             selector = self.model_selector
-            spec["model_selector"] = selector if isinstance(selector, str) else object_path(_class_of(selector))
+            spec["model_runner_selector"] = selector if isinstance(selector, str) else object_path(_class_of(selector))
         if not self.raise_exception:
             spec["raise_exception"] = False
         if self.max_processes or self.max_threads:
@@ -218,6 +226,8 @@ class ModelRunnerStep(Step):
     def _from_spec(cls, name: str, spec: dict[str, Any]) -> Step:
         models = spec.pop("models", {})
         pool = spec.pop("pool", {})
+        if "model_selector" in spec:  # written before the selector's MLRun name
+            spec["model_runner_selector"] = spec.pop("model_selector")
         step = cls(name, **spec)
         for endpoint_name, endpoint in models.items():
             step._add(Endpoint.from_dict(endpoint_name, endpoint))

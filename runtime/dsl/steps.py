@@ -10,8 +10,11 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import yaml
+
 from ..errors import GraphError, InvalidArgument
 from ..imports import Expression, object_path, resolve, resolve_handler
+from ..redact import redacted
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -138,6 +141,11 @@ class Step:
         """The kind-specific part of `to_dict`."""
         return {}
 
+    def to_yaml(self) -> str:
+        """The step as YAML, secrets redacted (MLRun's steps print themselves so; a router topology's
+        "graph" is its router step)."""
+        return yaml.safe_dump(redacted(self.to_dict()), sort_keys=False)
+
     @classmethod
     def _from_spec(cls, name: str, spec: dict[str, Any]) -> Step:
         return cls(name, **spec)
@@ -184,7 +192,10 @@ class TaskStep(Step):
         self.handler: Callable[..., Any] | str | None = handler
         self.class_args = dict(class_args or {})
         self.before = as_list(before)
-        super().__init__(name or default_name(class_name, handler), **options)
+        own_name = getattr(self.instance, "name", None)  # an object step is named as the object is (MLRun's)
+        super().__init__(
+            name or (own_name if isinstance(own_name, str) else default_name(class_name, handler)), **options
+        )
 
     def _spec(self) -> dict[str, Any]:
         spec: dict[str, Any] = {}
@@ -204,32 +215,60 @@ class TaskStep(Step):
 
 
 class RouterStep(Step):
-    """Sends each event to one of its routes, chosen by the event path.
+    """Sends each event to its routes, as its router class decides.
 
-    ``/<route>`` and ``/v2/models/<route>/infer`` (and other ``/v2/models/<route>/...`` paths) pick
-    `<route>`; with a single route, ``/`` picks it. An unknown route is NOT_FOUND.
+    Without a class, servegraph's routing by path: ``/<route>`` and ``/v2/models/<route>/infer`` (and other
+    ``/v2/models/<route>/...`` paths) pick `<route>`; with a single route, ``/`` picks it; an unknown route
+    is NOT_FOUND; a streaming route streams. With `class_name` (a class, an instance, or its name, MLRun's
+    ``ModelRouter``, ``VotingEnsemble``, ``ParallelRun`` or a subclass; `class_args` go to it), that class
+    routes: see `servegraph.compat.routers`. Such a step is named after its class unless named.
     """
 
     kind = "router"
 
-    def __init__(self, name: str | None = None, routes: dict[str, Any] | None = None, **options: Any):
-        super().__init__(name, **options)
+    def __init__(
+        self,
+        name: str | None = None,
+        routes: dict[str, Any] | None = None,
+        class_name: Any = None,
+        class_args: dict[str, Any] | None = None,
+        **options: Any,
+    ):
+        self.instance: Any = None
+        if isinstance(class_name, str):
+            class_name = resolve(class_name, "router class")
+        if class_name is not None and not inspect.isclass(class_name):
+            self.instance, class_name = class_name, type(class_name)
+        self.cls: type | None = class_name
+        self.class_args = dict(class_args or {})
+        own_name = getattr(self.instance, "name", None)
+        default = own_name if isinstance(own_name, str) else class_name.__name__ if class_name else None
+        super().__init__(name or default, **options)
         self.routes: dict[str, TaskStep] = {}
         for key, route in (routes or {}).items():
             self.add_route(key, **(route if isinstance(route, dict) else {"class_name": route}))
 
     def add_route(self, key: str, class_name: Any = None, handler: Any = None, **class_args: Any) -> TaskStep:
-        """Add (or replace) the route `key`; ``class_args`` go to the class constructor."""
+        """Add (or replace) the route `key`; ``class_args`` go to the class constructor. `class_name` may also
+        be a TaskStep (MLRun's ``route=``)."""
         if not key or "/" in key:
             raise GraphError(f"router '{self.name}': route key {key!r} must be a non-empty name without '/'")
-        route = TaskStep(key, class_name=class_name, handler=handler, class_args=class_args)
+        if isinstance(class_name, TaskStep):
+            route, route.name = class_name, key
+        else:
+            route = TaskStep(key, class_name=class_name, handler=handler, class_args=class_args)
         if self.graph is not None:
             self.graph._claim(self, [key], [])
         self.routes[key] = route
         return route
 
     def _spec(self) -> dict[str, Any]:
-        return {"routes": {key: route._spec() for key, route in self.routes.items()}}
+        spec: dict[str, Any] = {"routes": {key: route._spec() for key, route in self.routes.items()}}
+        if self.cls is not None:
+            spec["class_name"] = object_path(self.cls)
+        if self.class_args:
+            spec["class_args"] = dict(self.class_args)
+        return spec
 
     @classmethod
     def _from_spec(cls, name: str, spec: dict[str, Any]) -> Step:
@@ -238,6 +277,44 @@ class RouterStep(Step):
         for key, route in routes.items():
             step.add_route(key, route.get("class_name"), route.get("handler"), **route.get("class_args", {}))
         return step
+
+
+class Merge(Step):
+    """Joins the branches of one event (MLRun's ``storey.Merge``): the outputs of the steps before it that
+    share a join key are sent on once, as one list of bodies in the order they arrived.
+
+    The key is the event id, or `key_path`, an expression of ``event`` (the body, or with
+    ``full_event=True`` the Event: ``"event['doc_id']"``). It waits for `expected_num_events` parts (default:
+    one per step before it; with one, bodies pass as they are). At most `max_behind` keys (64) wait at
+    once; past that the oldest is dropped, as in storey.
+    """
+
+    kind = "merge"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        full_event: bool | None = None,
+        key_path: str | None = None,
+        max_behind: int | None = None,
+        expected_num_events: int | None = None,
+        **options: Any,
+    ):
+        super().__init__(name, full_event=key_path is None if full_event is None else full_event, **options)
+        self.key_path = key_path
+        self.max_behind = max_behind
+        self.expected_num_events = expected_num_events
+        self.join_key = self._compile(key_path or "event.id")
+
+    def _compile(self, key_path: str) -> Callable[[Any], Any]:
+        try:
+            return eval(compile(f"lambda event: {key_path}", "<key_path>", "eval"), {}, {})  # type: ignore[no-any-return]
+        except SyntaxError as exc:
+            raise GraphError(f"merge '{self.name}': key_path {key_path!r} is not valid Python: {exc.msg}") from None
+
+    def _spec(self) -> dict[str, Any]:
+        options = ("key_path", "max_behind", "expected_num_events")
+        return {key: getattr(self, key) for key in options if getattr(self, key) is not None}
 
 
 class Choice:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..dsl.steps import TaskStep
+from ..dsl.steps import Step, TaskStep
 from ..errors import GraphError
 
 
@@ -42,6 +42,7 @@ class Call:
     fn: Callable[[Any], Any]
     mode: Mode
     instance: Any = None
+    takes_event: bool = False  # MLRun's ``do_event``: the step gets the Event, whatever its full_event
 
 
 def mode_of(fn: Callable[..., Any]) -> Mode:
@@ -63,14 +64,25 @@ def bind(step: TaskStep, context: Context) -> Call:
         fn = _with_context(step.handler, context)  # type: ignore[arg-type]
         return Call(fn, mode_of(fn))
     instance = step.instance if step.instance is not None else instantiate(step.cls, step.class_args, step, context)
-    method = step.handler or ("do_event" if step.full_event and hasattr(instance, "do_event") else "do")
+    if getattr(instance, "name", "") is None:  # an object given without a name is named after its step, as in MLRun
+        instance.name = step.name
+    started(instance)
+    by_event = hasattr(instance, "do_event") and (step.full_event or not hasattr(instance, "do"))
+    method = step.handler or ("do_event" if by_event else "do")
     fn = getattr(instance, method, None)
     if not callable(fn):
         raise GraphError(f"step '{step.name}': class {step.cls.__name__} has no method '{method}'")
-    return Call(fn, mode_of(fn), instance)
+    return Call(fn, mode_of(fn), instance, takes_event=method == "do_event")
 
 
-def instantiate(cls: type, args: dict[str, Any], step: TaskStep, context: Context) -> Any:
+def started(instance: Any) -> None:
+    """MLRun's ``post_init()`` hook, called once the graph is built (a model server loads its model there)."""
+    post_init = getattr(instance, "post_init", None)
+    if callable(post_init):
+        post_init()
+
+
+def instantiate(cls: type, args: dict[str, Any], step: Step, context: Context) -> Any:
     """Create a step object; `name` and `context` are passed when its constructor names them or takes
     ``**kwargs`` (as MLRun does, so a class written for MLRun finds its name)."""
     kwargs = dict(args)

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 from ..dsl.event import Event
 from ..dsl.graph import DEFAULT_MAX_ITERATIONS, Graph
 from ..dsl.model_runner import ModelRunnerStep
-from ..dsl.steps import COMPLETE, RouterStep, Step, TaskStep
+from ..dsl.steps import COMPLETE, Merge, RouterStep, Step, TaskStep
 from ..errors import MaxIterationsError, ServingError, StepError
 from .callables import Context
-from .nodes import Node, RouterNode, TaskNode
+from .nodes import PENDING, MergeNode, Node, RouterNode, TaskNode
 from .runner import ModelCalls, ModelRunnerNode, Observer
 
 if TYPE_CHECKING:
@@ -131,6 +131,8 @@ class Engine:
             return RouterNode(step, self.context)
         if isinstance(step, TaskStep):
             return TaskNode(step, self.context)
+        if isinstance(step, Merge):
+            return MergeNode(step, self.context)
         raise TypeError(f"the engine cannot run steps of kind {type(step).__name__}")
 
     # -- requests -------------------------------------------------------------------------------
@@ -193,6 +195,8 @@ class Engine:
                     event.body = await node.apply(event)
                 else:
                     event.body = await self._timed(node, event)
+                if event.body is PENDING:
+                    return
                 if not streams:
                     outlets = await self._select(node, event, call)
             except Exception as exc:

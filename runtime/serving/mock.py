@@ -137,13 +137,15 @@ class MockServer:
         failed unary request returns a `MockResponse` instead. A str or bytes body is decoded as JSON the
         way MLRun's mock server does it: when it parses and no `content_type` is given, and always with
         ``application/json`` (where a body that does not parse is INVALID_ARGUMENT, HTTP 400); other
-        content types keep it as it is. `method` is accepted for MLRun's callers: graphs see no method.
+        content types keep it as it is. `method` is the event's (MLRun's default: POST with a body, GET
+        without), which MLRun's model servers and routers read.
         """
         if self._loop is None and _running_loop() is not None and self.engine.ready:
             raise RuntimeError("this mock server runs on your event loop (async with): use 'await mock.atest()'")
         self.start()
         try:
-            event = Event(decode_body(body, content_type), id=event_id, path=path, headers=headers)
+            method = method or ("POST" if body is not None else "GET")
+            event = Event(decode_body(body, content_type), id=event_id, path=path, headers=headers, method=method)
             if self._streams(stream):
                 return self._iterate(self.engine.stream(event))
             if silent:
