@@ -57,6 +57,8 @@ class ModelHandle:
         self._admit(endpoint)
         self.in_flight += 1
         try:
+            if self.timeout is None:  # most models: no timer to arm and cancel on every call
+                return await self._call(body, endpoint, operation, request_id)
             async with asyncio.timeout(self.timeout):
                 return await self._call(body, endpoint, operation, request_id)
         except TimeoutError:
