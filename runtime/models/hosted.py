@@ -46,10 +46,6 @@ class HostedModel:
     def load(self) -> None:
         self.instance.load()
 
-    def serves(self, endpoint: str) -> bool:
-        """Whether calls for `endpoint` come here: the model's own name, or one of its proxies."""
-        return endpoint == self.spec.name or endpoint in self.proxies
-
     def _arguments(self, body: Any, endpoint: str | None) -> tuple[Any, dict[str, Any]]:
         if self.preprocess is not None:
             body = self.preprocess(body)
