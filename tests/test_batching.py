@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import grpc
+import model_zoo
 import numpy as np
 import pytest
 from servers import serve
@@ -101,3 +102,16 @@ def test_batch_parameters_are_checked_when_the_graph_is_built():
         runner.add_model("m", sg.Model, execution_mechanism="naive", max_batch_size=0)
     with pytest.raises(sg.GraphError, match="max_queued"):
         runner.add_model("m", sg.Model, execution_mechanism="naive", max_queued=-1)
+
+
+def test_an_async_model_runs_every_call_at_once_so_none_waits_in_a_queue():
+    graph = sg.Graph("async-unqueued")
+    runner = sg.ModelRunnerStep(name="runner")
+    runner.add_model("slow", model_zoo.AsyncSlow, execution_mechanism="asyncio", max_queued=2)
+    graph.to(runner).respond()
+
+    async def run() -> list:
+        async with graph.to_mock_server() as mock:
+            return await asyncio.gather(*(mock.atest(body={"sleep": 0.05}) for _ in range(10)))
+
+    assert len(asyncio.run(run())) == 10

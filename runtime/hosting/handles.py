@@ -9,6 +9,7 @@ knows each proxy's artifact.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,7 +20,7 @@ from .. import codec
 from ..aio import ChunkPump
 from ..errors import DeadlineExceeded, RemoteError, ResourceExhausted, Unavailable
 from ..models.batching import Batcher
-from ..models.hosted import HostedModel
+from ..models.hosted import HostedModel, prediction_method
 from ..models.spec import ModelSpec
 from ..v1 import worker_pb2
 from .calls import StreamClosed
@@ -33,7 +34,9 @@ class ModelHandle:
 
     Admission: the model runs `capacity` calls at once (batch size times processes or threads); past
     that, calls wait, and once ``max_queued`` wait a new call fails at once with RESOURCE_EXHAUSTED
-    while those already waiting complete.
+    while those already waiting complete. An async predict runs every call at once (an I/O-bound
+    model awaiting a remote API has no queue of its own) unless it declares a batch size, as `LLModel`
+    does for its decode batch.
     """
 
     def __init__(self, spec: ModelSpec, streams: bool):
@@ -41,10 +44,17 @@ class ModelHandle:
         self.streams = streams
         self.timeout = spec.timeout
         self.in_flight = 0
+        declared = "max_batch_size" in spec.parameters or hasattr(spec.model_class, "default_max_batch_size")
+        self.unbounded = prediction_method(spec) == "predict_async" and not declared
 
     @property
     def capacity(self) -> int:
         """Calls the model runs at once."""
+        return sys.maxsize if self.unbounded else self.spec.max_batch_size * self.slots
+
+    @property
+    def slots(self) -> int:
+        """Where calls run side by side: threads, processes or replicas."""
         raise NotImplementedError
 
     @property
@@ -115,8 +125,8 @@ class LocalHandle(ModelHandle):
         self.batcher = Batcher(model, executor) if model.batches else None
 
     @property
-    def capacity(self) -> int:
-        return self.spec.max_batch_size * self.threads
+    def slots(self) -> int:
+        return self.threads
 
     async def _call(self, body: Any, endpoint: str, operation: str | None, request_id: str) -> Any:
         if operation:
@@ -152,9 +162,9 @@ class WorkerHandle(ModelHandle):
         self.workers = workers
 
     @property
-    def capacity(self) -> int:
-        """Batch size times processes (replicas come and go)."""
-        return self.spec.max_batch_size * max(1, len(self.workers.processes))
+    def slots(self) -> int:
+        """Processes or replicas (replicas come and go)."""
+        return max(1, len(self.workers.processes))
 
     def ready(self) -> bool:
         return any(not (worker.is_down() or worker.is_hung()) for worker in self.workers.processes)
