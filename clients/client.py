@@ -27,13 +27,20 @@ from servegraph.v1 import graph_pb2, graph_pb2_grpc
 DEFAULT_MAX_MESSAGE_MB = 64
 
 
-def _credentials(
-    tls_ca: PathLike | None, tls_cert: PathLike | None, tls_key: PathLike | None
-) -> grpc.ChannelCredentials | None:
-    """TLS credentials when any TLS file is named (no CA: the system's roots), else None: plaintext."""
+def _channel(
+    flavour: Any,
+    address: str,
+    max_message_mb: int,
+    tls_ca: PathLike | None,
+    tls_cert: PathLike | None,
+    tls_key: PathLike | None,
+) -> Any:
+    """A channel from `flavour` (``grpc`` or ``grpc.aio``): TLS when any TLS file is named (no CA: the
+    system's roots), else plaintext."""
+    options = _options(max_message_mb)
     if tls_ca is None and tls_cert is None and tls_key is None:
-        return None
-    return channel_credentials(tls_ca, tls_cert, tls_key)
+        return flavour.insecure_channel(address, options=options)
+    return flavour.secure_channel(address, channel_credentials(tls_ca, tls_cert, tls_key), options=options)
 
 
 def _options(max_message_mb: int) -> list[tuple[str, int]]:
@@ -86,11 +93,7 @@ class Client:
         self.address = address
         self.timeout = timeout
         self._metadata = bearer(token) if token else None
-        credentials = _credentials(tls_ca, tls_cert, tls_key)
-        if credentials is None:
-            self.channel = grpc.insecure_channel(address, options=_options(max_message_mb))
-        else:
-            self.channel = grpc.secure_channel(address, credentials, options=_options(max_message_mb))
+        self.channel = _channel(grpc, address, max_message_mb, tls_ca, tls_cert, tls_key)
         self._stub = graph_pb2_grpc.GraphStub(self.channel)
 
     def invoke(
@@ -192,11 +195,7 @@ class AsyncClient:
         self.address = address
         self.timeout = timeout
         self._metadata = bearer(token) if token else None
-        credentials = _credentials(tls_ca, tls_cert, tls_key)
-        if credentials is None:
-            self.channel = grpc.aio.insecure_channel(address, options=_options(max_message_mb))
-        else:
-            self.channel = grpc.aio.secure_channel(address, credentials, options=_options(max_message_mb))
+        self.channel = _channel(grpc.aio, address, max_message_mb, tls_ca, tls_cert, tls_key)
         self._stub = graph_pb2_grpc.GraphStub(self.channel)
 
     async def invoke(
